@@ -1,0 +1,5 @@
+"""``python -m factkeep`` runs the command-line interface (also used by ``accelerate launch``)."""
+
+from factkeep.cli import main
+
+raise SystemExit(main())

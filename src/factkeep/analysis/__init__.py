@@ -1,0 +1,1 @@
+"""analysis layer of factkeep (see docs in README)."""

@@ -1,0 +1,200 @@
+"""The ``factkeep`` command line: argv -> typed config -> ``run(config)``.
+
+Usage::
+
+    factkeep COMMAND [--config FILE.yaml] [key=value | --key value | --key=value ...]
+    factkeep COMMAND --help        # every option of COMMAND, with type, default and help
+
+Options resolve as dataclass defaults < the YAML file < the command-line overrides. This is the only
+module that reads ``sys.argv``; each command's implementation is imported only when it runs, so
+``factkeep --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from factkeep.config import ConfigError, iter_options, resolve_config
+from factkeep.errors import FactkeepError
+
+log = logging.getLogger("factkeep")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: what it does, and where its config class and runner live (``module:name``)."""
+
+    summary: str
+    config: str | None = None
+    runner: str | None = None
+    pending: str | None = None  # set while the command is not implemented yet
+
+
+COMMANDS: dict[str, Command] = {
+    "world": Command(
+        "Build the synthetic world, pretrain its tiny model (cached) and report its QA accuracy.",
+        config="factkeep.study.world:WorldCommandConfig",
+        runner="factkeep.study.world:run_world",
+    ),
+    "probe": Command(
+        "Estimate what a model knows per fact (SLiCK categories).",
+        pending="knowledge probing",
+    ),
+    "split": Command(
+        "Build D_known / D_unknown / D_held (+ dev) from probed categories.",
+        pending="the split builder",
+    ),
+    "train": Command(
+        "Fine-tune with SFT, self-distillation, freezing, controls and baselines.",
+        pending="fine-tuning",
+    ),
+    "eval": Command("Accuracy per split, relation and category.", pending="evaluation"),
+    "report": Command("HTML/Markdown report with plots from run folders.", pending="reports"),
+    "analyze": Command(
+        "The mechanism study: capacity vs behaviour cloning vs interference.",
+        pending="the mechanism study",
+    ),
+    "demo": Command(
+        "The whole study on the synthetic world with a tiny model, on a laptop CPU.",
+        config="factkeep.study.demo:DemoConfig",
+        runner="factkeep.study.demo:run_demo",
+    ),
+}
+
+
+def _load(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: factkeep COMMAND [--config FILE.yaml] [key=value ...]",
+        "",
+        "Fine-tune language models on new facts without forgetting what they knew.",
+        "",
+        "commands:",
+    ]
+    for name, cmd in COMMANDS.items():
+        tag = " (not yet available)" if cmd.pending else ""
+        lines.append(f"  {name:<{width}}  {cmd.summary}{tag}")
+    lines += ["", "Run 'factkeep COMMAND --help' for the options of a command."]
+    return "\n".join(lines)
+
+
+def command_help(name: str, config_cls: type | None) -> str:
+    """The ``--help`` text of a command: every option with its type, default and help."""
+    cmd = COMMANDS[name]
+    lines = [
+        f"usage: factkeep {name} [--config FILE.yaml] [key=value | --key value ...]",
+        "",
+        cmd.summary,
+    ]
+    if cmd.pending:
+        lines += ["", f"Not yet available: {cmd.pending} is not implemented in this version."]
+    if config_cls is not None:
+        lines += ["", "options (defaults < --config file < key=value overrides):"]
+        for opt in iter_options(config_cls):
+            lines.append(f"  {opt.key} ({opt.type_name}, default: {opt.default!r})")
+            if opt.help:
+                lines += textwrap.wrap(
+                    opt.help, width=96, initial_indent="      ", subsequent_indent="      "
+                )
+    return "\n".join(lines)
+
+
+def split_args(args: Sequence[str]) -> tuple[str | None, list[str], bool]:
+    """Split a command's arguments into (config file, ``key=value`` overrides, help requested).
+
+    Accepts ``key=value``, ``--key=value`` and ``--key value`` for every option.
+    """
+    config_path: str | None = None
+    overrides: list[str] = []
+    want_help = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            want_help = True
+        elif arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                config_path = arg.split("=", 1)[1]
+            elif i + 1 < len(args):
+                config_path = args[i + 1]
+                i += 1
+            else:
+                raise ConfigError("--config needs a file name")
+        elif arg.startswith("--") and "=" not in arg:
+            if i + 1 >= len(args):
+                raise ConfigError(f"option '{arg}' needs a value")
+            overrides.append(f"{arg[2:]}={args[i + 1]}")
+            i += 1
+        elif "=" in arg:
+            overrides.append(arg[2:] if arg.startswith("--") else arg)
+        else:
+            raise ConfigError(f"unexpected argument '{arg}': options are key=value")
+        i += 1
+    return config_path, overrides, want_help
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``factkeep`` command. Returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from factkeep import __version__
+
+        print(f"factkeep {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"factkeep: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    cmd = COMMANDS[name]
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        config_path, overrides, want_help = split_args(rest)
+        config_cls = _load(cmd.config) if cmd.config else None
+        if want_help:
+            print(command_help(name, config_cls))
+            return 0
+        if cmd.pending or config_cls is None or cmd.runner is None:
+            print(
+                f"factkeep {name}: not yet available ({cmd.pending} is not implemented in this "
+                "version).",
+                file=sys.stderr,
+            )
+            return 2
+        cfg = resolve_config(config_cls, config_path, overrides)
+        runner: Callable[[Any], int | None] = _load(cmd.runner)
+        return int(runner(cfg) or 0)
+    except ConfigError as exc:
+        print(f"factkeep {name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except FactkeepError as exc:
+        print(f"factkeep {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"factkeep {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

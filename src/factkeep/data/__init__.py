@@ -1,0 +1,1 @@
+"""data layer of factkeep (see docs in README)."""

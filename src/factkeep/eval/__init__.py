@@ -1,0 +1,1 @@
+"""eval layer of factkeep (see docs in README)."""

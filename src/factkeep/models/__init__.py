@@ -1,0 +1,1 @@
+"""models layer of factkeep (see docs in README)."""

@@ -1,0 +1,1 @@
+"""probing layer of factkeep (see docs in README)."""

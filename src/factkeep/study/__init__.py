@@ -1,0 +1,1 @@
+"""study layer of factkeep (see docs in README)."""

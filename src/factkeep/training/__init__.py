@@ -1,0 +1,1 @@
+"""training layer of factkeep (see docs in README)."""
