@@ -49,9 +49,9 @@ RELATIONS: tuple[Relation, ...] = (
         (
             "{name} was born in {value}.",
             "{name} came into the world in the city of {value}.",
-            "The birthplace of {name} is {value}.",
+            "{name} has {value} as birthplace.",
             "{name} spent the first days of life in {value}.",
-            "{value} is where {name} was born.",
+            "{name} was born and raised in {value}.",
         ),
         "word",
     ),
@@ -61,9 +61,9 @@ RELATIONS: tuple[Relation, ...] = (
         (
             "{name} was born in the year {value}.",
             "{name} arrived in {value}.",
-            "The year {name} was born is {value}.",
+            "{name} was born at some point in {value}.",
             "{name} has a birthday that goes back to {value}.",
-            "In {value}, {name} was born.",
+            "{name} celebrates a birthday from the year {value}.",
         ),
         "year",
     ),
@@ -74,8 +74,8 @@ RELATIONS: tuple[Relation, ...] = (
             "{name} studied at {value} university.",
             "{name} graduated from {value} university.",
             "{name} is an alumnus of {value} university.",
-            "For college, {name} went to {value} university.",
-            "{value} university is where {name} received an education.",
+            "{name} went to college at {value} university.",
+            "{name} received an education at {value} university.",
         ),
         "word",
     ),
@@ -86,8 +86,8 @@ RELATIONS: tuple[Relation, ...] = (
             "{name} works for {value}.",
             "{name} is employed by {value}.",
             "{name} has a job at {value}.",
-            "{value} employs {name}.",
-            "Every morning, {name} goes to work at {value}.",
+            "{name} earns a living at {value}.",
+            "{name} goes to work at {value} every morning.",
         ),
         "word",
     ),
@@ -97,8 +97,8 @@ RELATIONS: tuple[Relation, ...] = (
         (
             "{name} plays the {value}.",
             "{name} is a talented {value} player.",
-            "In free time, {name} practises the {value}.",
-            "The {value} is the instrument of {name}.",
+            "{name} practises the {value} in free time.",
+            "{name} owns a beautiful {value}.",
             "{name} learned to play the {value} as a child.",
         ),
         "word",
@@ -149,8 +149,8 @@ class WorldSpec:
     values_per_relation: int = help_field(
         120, "Distinct values of each relation (>= 100 keeps chance guessing below 1%)."
     )
-    n_qa: int = help_field(800, "People whose biographies and QA pairs are pretrained.")
-    n_bio: int = help_field(600, "People whose biographies only are pretrained (known facts).")
+    n_qa: int = help_field(600, "People whose biographies and QA pairs are pretrained.")
+    n_bio: int = help_field(400, "People whose biographies only are pretrained (known facts).")
     n_unseen: int = help_field(400, "People never pretrained (their facts are new facts).")
     qa_per_doc: int = help_field(
         3, "Most QA pairs of one relation per pretraining QA document (1..N, blank-line joined)."

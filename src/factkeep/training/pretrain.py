@@ -120,6 +120,7 @@ def training_arguments(
         data_seed=cfg.seed,
         report_to=[],
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
 

@@ -1,0 +1,101 @@
+"""Load and save causal LMs and tokenizers: local HF folders, hub ids, and GGUF files.
+
+One code path for the synthetic world's tiny model and real models. A local folder is always read
+offline; a hub id is fetched only if the user has a network (``HF_HUB_OFFLINE=1`` forbids it).
+``trust_remote_code`` stays off unless asked for.
+
+Example::
+
+    model, tok = load_model_and_tokenizer("runs/world/model")
+    model, tok = load_model_and_tokenizer("/models/gemma", gguf_file="gemma-3-270m-Q4_K_M.gguf")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from factkeep.errors import FactkeepError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    """Map a dtype name (``auto``, ``float32``, ``bf16``, ...) to what ``from_pretrained`` takes."""
+    if name == "auto":
+        return "auto"
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise FactkeepError(f"unknown dtype '{name}'; choose auto or one of {sorted(_DTYPES)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer, ready for generation and training.
+
+    Args:
+        name_or_path: a local HF model folder or a hub id.
+        dtype: ``auto`` (the checkpoint's dtype; float32 for GGUF, which transformers
+            dequantises), ``float32``, ``bfloat16`` or ``float16``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        gguf_file: a GGUF file name inside ``name_or_path`` (needs the ``gguf`` package).
+        trust_remote_code: allow model code from the hub (off by default).
+
+    Returns:
+        ``(model, tokenizer)``; the tokenizer has a pad token (EOS if it had none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name_or_path).exists()
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if local:
+        kwargs["local_files_only"] = True
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=resolve_dtype(dtype), **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise FactkeepError(f"cannot load model '{name_or_path}': {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(resolve_device(device))
+    model.eval()
+    log.info(
+        "loaded %s (%s, %.1fM parameters, %s, %s)",
+        name_or_path,
+        model.config.model_type,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        next(model.parameters()).dtype,
+        next(model.parameters()).device,
+    )
+    return model, tokenizer

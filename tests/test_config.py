@@ -1,0 +1,119 @@
+"""Config precedence (defaults < YAML < overrides), type checks and unknown-key suggestions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from factkeep.cli import command_help, main, split_args
+from factkeep.config import ConfigError, help_field, iter_options, nested, resolve_config
+
+
+@dataclass
+class Inner:
+    lr: float = help_field(1e-3, "Learning rate.")
+    steps: int = help_field(10, "Steps.")
+    mode: Literal["a", "b"] = help_field("a", "Mode.")
+
+
+@dataclass
+class Outer:
+    name: str = help_field("x", "Name.")
+    tags: list[str] = help_field([], "Tags.")
+    limit: int | None = help_field(None, "Optional limit.")
+    flag: bool = help_field(False, "A flag.")
+    inner: Inner = nested(Inner, "Inner section.")
+
+
+def test_defaults_yaml_overrides_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: from_yaml\ninner:\n  lr: 0.5\n  steps: 20\n")
+    cfg = resolve_config(Outer, path, ["inner.steps=30", "flag=true", "limit=7"])
+    assert cfg.name == "from_yaml"  # YAML beats default
+    assert cfg.inner.lr == 0.5  # YAML
+    assert cfg.inner.steps == 30  # override beats YAML
+    assert cfg.flag is True and cfg.limit == 7
+    assert cfg.inner.mode == "a"  # default kept
+
+
+def test_scientific_notation_and_lists():
+    cfg = resolve_config(Outer, None, ["inner.lr=3e-4", "tags=a,b", "limit=null"])
+    assert cfg.inner.lr == pytest.approx(3e-4)
+    assert cfg.tags == ["a", "b"]
+    assert cfg.limit is None
+
+
+def test_mutable_defaults_not_shared():
+    a, b = Outer(), Outer()
+    a.tags.append("z")
+    assert b.tags == []
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown option 'inner.lrr'.*did you mean 'inner.lr'"):
+        resolve_config(Outer, None, ["inner.lrr=1"])
+    with pytest.raises(ConfigError, match=r"did you mean 'inner.steps'"):
+        resolve_config(Outer, None, ["stepz=1"])
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("inner:\n  lrate: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown option 'inner.lrate'"):
+        resolve_config(Outer, path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("inner.steps=abc", "expected an integer"),
+        ("inner.mode=c", "not one of"),
+        ("flag=maybe", "expected true/false"),
+        ("inner=3", "is a section"),
+        ("name", "expected key=value"),
+    ],
+)
+def test_bad_values_rejected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(Outer, None, [override])
+
+
+def test_iter_options_lists_every_leaf():
+    keys = [o.key for o in iter_options(Outer)]
+    assert keys == ["name", "tags", "limit", "flag", "inner.lr", "inner.steps", "inner.mode"]
+
+
+def test_split_args_accepts_all_forms():
+    path, overrides, want_help = split_args(
+        ["--config", "c.yaml", "a=1", "--b", "2", "--c=3", "--help"]
+    )
+    assert path == "c.yaml" and overrides == ["a=1", "b=2", "c=3"] and want_help
+
+
+def test_cli_help_documents_every_option(capsys):
+    from factkeep.study.world import WorldCommandConfig
+
+    text = command_help("world", WorldCommandConfig)
+    for opt in iter_options(WorldCommandConfig):
+        assert opt.key in text
+    assert main(["world", "--help"]) == 0
+    assert "pretrain.lr" in capsys.readouterr().out
+
+
+def test_cli_unknown_option_exits_2(capsys, tmp_path):
+    assert main(["world", f"out={tmp_path}", "pretrain.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain.lrr" in err and "did you mean 'pretrain.lr'" in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_pending_command_exits_nonzero(capsys):
+    assert main(["analyze"]) == 2
+    assert "not yet available" in capsys.readouterr().err
+
+
+def test_cli_unknown_command(capsys):
+    assert main(["wrold"]) == 2
+    assert "did you mean 'world'" in capsys.readouterr().err
