@@ -1,4 +1,4 @@
-"""The synthetic world: determinism, populations, tokenizer, and the ``world`` command end to end."""
+"""The synthetic world: determinism, populations, tokenizer, the ``world`` command end to end."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_pretraining_resume_equals_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(pt, "Trainer", original)
     resumed = build_tiny_model(TINY_MODEL, tok, seed=123)  # fresh weights: all state from disk
     pretrain(resumed, tok, blocks, cfg, tmp_path / "resumed")
-    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
 
 

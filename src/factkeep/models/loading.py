@@ -39,7 +39,9 @@ def resolve_dtype(name: str) -> torch.dtype | str:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise FactkeepError(f"unknown dtype '{name}'; choose auto or one of {sorted(_DTYPES)}")
+        raise FactkeepError(
+            f"unknown dtype '{name}'; choose auto or one of {sorted(_DTYPES)}"
+        ) from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -94,9 +94,9 @@ def qa_accuracy(model: Any, tokenizer: Any, facts: list[Fact], batch_size: int =
     preds = greedy_answers(
         model, tokenizer, [format_prompt(f.question) for f in facts], batch_size=batch_size
     )
-    correct = [exact_match(p, f.answers) for p, f in zip(preds, facts)]
+    correct = [exact_match(p, f.answers) for p, f in zip(preds, facts, strict=True)]
     per_rel: dict[str, list[bool]] = {}
-    for f, c in zip(facts, correct):
+    for f, c in zip(facts, correct, strict=True):
         per_rel.setdefault(f.relation, []).append(c)
     return {
         "accuracy": sum(correct) / max(1, len(correct)),
