@@ -53,6 +53,20 @@ def test_populations_and_corpus_content():
     assert all(v in bio for v in world.people[0].values.values())
 
 
+def test_curriculum_warmup_epochs_hold_a_subset():
+    spec = WorldSpec(**{**SMALL.__dict__, "warmup_epochs": 2, "warmup_fraction": 0.2})
+    world = build_world(spec)
+    subset = {p.name for p in world.warmup_people()}
+    assert len(subset) == round(30 * 0.2) + round(20 * 0.2)
+    early = "\n".join(world.pretraining_documents(1))
+    late = "\n".join(world.pretraining_documents(2))
+    for person in world.people:
+        if person.population == "unseen":
+            continue
+        assert (person.name in early) == (person.name in subset)
+        assert person.name in late
+
+
 def test_value_sets_large_by_default():
     spec = WorldSpec()
     assert spec.values_per_relation >= 100

@@ -155,6 +155,14 @@ class WorldSpec:
     qa_per_doc: int = help_field(
         3, "Most QA pairs of one relation per pretraining QA document (1..N, blank-line joined)."
     )
+    warmup_epochs: int = help_field(
+        0,
+        "Curriculum: the first N epochs of the corpus hold only a subset of the people (a small "
+        "set of individuals lets the model form its fact-recall circuit sooner).",
+    )
+    warmup_fraction: float = help_field(
+        0.2, "Share of the qa and bio people present during the curriculum's warm-up epochs."
+    )
 
 
 @dataclass
@@ -246,12 +254,17 @@ class World:
     def pretraining_documents(self, epoch: int) -> list[str]:
         """The corpus of one epoch: fresh biographies of pretrained people, QA documents of ``qa``.
 
+        During the first ``warmup_epochs`` epochs only :meth:`warmup_people` appear.
+
         QA documents hold 1..``qa_per_doc`` QA pairs of the same relation joined by a blank line
         (which also teaches the few-shot format used by probing). Deterministic in (seed, epoch).
         """
         rng = random.Random(f"{self.spec.seed}-corpus-{epoch}")
-        docs = [self.biography(p, rng) for p in self.people if p.population != "unseen"]
-        qa_people = self.by_population("qa")
+        people = [p for p in self.people if p.population != "unseen"]
+        if epoch < self.spec.warmup_epochs:
+            people = self.warmup_people()
+        docs = [self.biography(p, rng) for p in people]
+        qa_people = [p for p in people if p.population == "qa"]
         for rel in self.relations:
             pairs = [self.qa_text(p, rel) for p in qa_people]
             rng.shuffle(pairs)
@@ -262,6 +275,14 @@ class World:
                 i += k
         rng.shuffle(docs)
         return docs
+
+    def warmup_people(self) -> list[Person]:
+        """The people of the curriculum's warm-up epochs: the first share of ``qa`` and ``bio``."""
+        out = []
+        for population in ("qa", "bio"):
+            group = self.by_population(population)
+            out.extend(group[: max(1, round(len(group) * self.spec.warmup_fraction))])
+        return out
 
     def vocabulary_texts(self) -> list[str]:
         """Texts covering every word the world can produce (for building the tokenizer).
