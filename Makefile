@@ -20,6 +20,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src/factkeep
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -77,7 +77,7 @@ def git_revision(start: str | Path | None = None) -> str | None:
 
 def environment_info(seed: int | None = None) -> dict[str, Any]:
     """Versions, platform, device, git revision and seed: what ``env.json`` records."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             versions[name] = metadata.version(name)

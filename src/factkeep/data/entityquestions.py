@@ -139,7 +139,12 @@ def _element_line(text: str, index: int) -> int | None:
     """The 1-based line where element ``index`` of the top-level JSON array in ``text`` starts."""
     decoder = json.JSONDecoder()
     ws = re.compile(r"[ \t\n\r]*")
-    pos = ws.match(text, text.index("[") + 1).end()
+
+    def skip_ws(at: int) -> int:
+        m = ws.match(text, at)
+        return m.end() if m else at
+
+    pos = skip_ws(text.index("[") + 1)
     for i in range(index + 1):
         if i == index:
             return text.count("\n", 0, pos) + 1
@@ -147,9 +152,9 @@ def _element_line(text: str, index: int) -> int | None:
             _, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
             return None
-        pos = ws.match(text, pos).end()
+        pos = skip_ws(pos)
         if text.startswith(",", pos):
-            pos = ws.match(text, pos + 1).end()
+            pos = skip_ws(pos + 1)
     return None
 
 
@@ -182,7 +187,7 @@ def _load_file(path: Path, relation: str, split: str, template: str) -> tuple[li
             raise fail(i, "missing or not a non-empty list of non-empty strings", "answers")
         match = strict.fullmatch(question)
         subject = match.group(1).strip() if match else ""
-        fact_meta = dict(meta)
+        fact_meta: dict[str, Any] = dict(meta)
         if not subject:
             loose = loose or _template_regex(template, loose=True)
             match = loose.fullmatch(question)
@@ -263,11 +268,12 @@ def load_entityquestions(
     fallbacks = 0
     for split in splits:
         for relation in wanted:
-            path = files.get(split, {}).get(relation)
-            if path is None:
+            found = files.get(split, {}).get(relation)
+            if found is None:
                 if relations is not None:
                     raise DataError("file not found", root / split / f"{relation}.{split}.json")
                 continue
+            path = found
             if relation not in templates:
                 raise DataError(f"no template for relation {relation!r} in {TEMPLATES_FILE}", path)
             loaded, n_fallback = _load_file(path, relation, split, templates[relation])

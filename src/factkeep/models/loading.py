@@ -90,7 +90,7 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(resolve_device(device))
+    model = model.to(resolve_device(device))  # type: ignore[arg-type]
     model.eval()
     log.info(
         "loaded %s (%s, %.1fM parameters, %s, %s)",

@@ -29,6 +29,7 @@ class TinyModelConfig:
     intermediate_size: int = help_field(512, "Width of the MLP's hidden layer.")
     max_positions: int = help_field(128, "Longest sequence (tokens) the model handles.")
     tie_embeddings: bool = help_field(True, "Share input embedding and LM head weights.")
+    init_std: float = help_field(0.02, "Standard deviation of the initial weights.")
 
 
 def build_config(cfg: TinyModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):  # type: ignore[no-untyped-def]
@@ -41,6 +42,7 @@ def build_config(cfg: TinyModelConfig, vocab_size: int, pad_id: int, bos_id: int
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
     }
     if cfg.family in ("llama", "qwen2"):
         return AutoConfig.for_model(

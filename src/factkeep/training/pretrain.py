@@ -150,7 +150,9 @@ def pretrain(
     """
     total_steps = math.ceil(blocks.shape[0] / cfg.batch_size)
     args = training_arguments(cfg, output_dir, total_steps)
-    callbacks = [_EvalEvery(on_eval, eval_every)] if on_eval is not None else []
+    callbacks: list[TrainerCallback] = []
+    if on_eval is not None:
+        callbacks.append(_EvalEvery(on_eval, eval_every))
     trainer = Trainer(
         model=model,
         args=args,
