@@ -44,11 +44,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "probe": Command(
         "Estimate what a model knows per fact (SLiCK categories).",
-        pending="knowledge probing",
+        config="factkeep.study.probe:ProbeCommandConfig",
+        runner="factkeep.study.probe:run_probe",
     ),
     "split": Command(
         "Build D_known / D_unknown / D_held (+ dev) from probed categories.",
-        pending="the split builder",
+        config="factkeep.study.split:SplitCommandConfig",
+        runner="factkeep.study.split:run_split",
     ),
     "train": Command(
         "Fine-tune with SFT, self-distillation, freezing, controls and baselines.",

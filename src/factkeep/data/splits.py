@@ -1,0 +1,398 @@
+"""The experimental splits (method.md section 3): D_known, D_unknown, D_held and a dev set.
+
+From facts with SLiCK categories (the output of ``factkeep probe``):
+
+1. Facts with more than one gold answer are dropped (``drop_multi_answer``; in EntityQuestions the
+   ``answers`` list holds *different* correct answers, not aliases).
+2. Relations are kept if at least ``min_known_fraction`` of their facts are Known, where Known
+   means a category in ``known_categories`` (default HighlyKnown + MaybeKnown: the model answers
+   greedily right at least once).
+3. Per kept relation, HighlyKnown and Unknown facts are shuffled (seeded per relation).
+   MaybeKnown and WeaklyKnown facts are never used (the clean ends, as in the follow-up paper).
+4. **D_held** first: ``n_held`` HighlyKnown facts, never trained on.
+5. **dev** next: ``n_dev`` facts never trained on, ``dev_unknown_fraction`` of them Unknown and the
+   rest HighlyKnown. For early stopping and model selection without looking at D_held: its
+   HighlyKnown part tracks forgetting, its Unknown part whether unseen facts start being "answered"
+   (it should stay near chance). It is held out exactly like D_held.
+6. **Disjointness**: every training candidate that shares a subject with a D_held or dev fact is
+   removed (always); with ``held_disjoint_answers`` (default on, as in method.md), also every
+   candidate one of whose answers is an answer of a D_held or dev fact. Subjects are compared
+   ignoring case and spacing; answers ignoring case, spacing and punctuation. What this removed is
+   reported per relation. Answer-disjointness is costly where answers repeat (countries, years;
+   the synthetic world has ~120 values per relation): a warning names relations that lose more than
+   half their candidates; ``held_disjoint_answers=false`` keeps subject-disjointness only.
+7. **D_known / D_unknown**: ``n_train`` training facts (0 = as many as the candidates allow), a
+   fraction ``unknown_fraction`` of them Unknown, the same fraction in every relation.
+
+Stratification: every size (held, dev, train) is split over the kept relations in proportion to
+their number of facts (largest remainder), capped by what a relation has; what a capped relation
+cannot take goes to the others. A request larger than the data allows is refused with the counts.
+
+Deterministic in ``seed`` (and the input). Output facts keep their input order and fields.
+
+Example::
+
+    splits = build_splits(read_facts("runs/probe/categories.jsonl"), SplitSpec(n_held=300))
+    splits.d_known, splits.d_unknown, splits.d_held, splits.dev, splits.report
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from factkeep.config import ConfigError, help_field
+from factkeep.data.facts import CATEGORIES, HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, Fact
+from factkeep.errors import DataError
+
+__all__ = ["SPLIT_NAMES", "SplitSpec", "Splits", "allocate", "build_splits"]
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES: tuple[str, ...] = ("d_known", "d_unknown", "d_held", "dev")
+"""The splits, in the order they are written and reported."""
+
+
+@dataclass
+class SplitSpec:
+    """How the splits are drawn (sizes, fractions, filters, disjointness, seed)."""
+
+    seed: int = help_field(0, "Seed: same seed and input, same splits.")
+    n_train: int = help_field(
+        0, "Training facts, D_known + D_unknown (0 = as many as the candidates allow)."
+    )
+    unknown_fraction: float = help_field(
+        0.5, "Fraction of the training facts that are Unknown (in every relation)."
+    )
+    n_held: int = help_field(500, "D_held size: HighlyKnown facts never trained on.")
+    n_dev: int = help_field(200, "Dev set size (held out like D_held; for early stopping).")
+    dev_unknown_fraction: float = help_field(
+        0.5, "Fraction of the dev set that is Unknown; the rest is HighlyKnown."
+    )
+    min_known_fraction: float = help_field(
+        0.3, "Keep relations where at least this fraction of facts is Known."
+    )
+    known_categories: list[str] = help_field(
+        [HIGHLY_KNOWN, MAYBE_KNOWN], "Categories that count as Known for min_known_fraction."
+    )
+    drop_multi_answer: bool = help_field(True, "Drop facts with more than one gold answer.")
+    held_disjoint_answers: bool = help_field(
+        True,
+        "Also remove training facts that share an answer with D_held/dev (subjects are always "
+        "disjoint). Costly where answers repeat (countries, years, the synthetic world).",
+    )
+    relations: list[str] = help_field([], "Use only these relations (default: all).")
+
+    def validate(self) -> None:
+        """Raise :class:`~factkeep.config.ConfigError` on an out-of-range option."""
+        for name in ("n_train", "n_held", "n_dev"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("unknown_fraction", "dev_unknown_fraction", "min_known_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        bad = [c for c in self.known_categories if c not in CATEGORIES]
+        if bad or not self.known_categories:
+            raise ConfigError(
+                f"known_categories must be a non-empty subset of {', '.join(CATEGORIES)}, "
+                f"got {self.known_categories}"
+            )
+
+
+@dataclass
+class Splits:
+    """The four splits (facts in input order) and a report of how they were drawn."""
+
+    d_known: list[Fact]
+    d_unknown: list[Fact]
+    d_held: list[Fact]
+    dev: list[Fact]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, list[Fact]]:
+        """The splits by name (:data:`SPLIT_NAMES`)."""
+        return {name: getattr(self, name) for name in SPLIT_NAMES}
+
+
+def _subject_key(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _answer_key(text: str) -> str:
+    return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _train_parts(total: int, fraction: float) -> tuple[int, int]:
+    """(unknown, known) counts of ``total`` training facts with an Unknown ``fraction``."""
+    unknown = math.floor(fraction * total + 0.5)
+    return unknown, total - unknown
+
+
+def _train_capacity(n_known: int, n_unknown: int, fraction: float) -> int:
+    """The most training facts a relation with these candidates gives at ``fraction``."""
+    if fraction <= 0.0:
+        bound = n_known
+    elif fraction >= 1.0:
+        bound = n_unknown
+    else:
+        bound = math.floor(min(n_known / (1 - fraction), n_unknown / fraction) + 1e-9)
+    while bound > 0:
+        unknown, known = _train_parts(bound, fraction)
+        if unknown <= n_unknown and known <= n_known:
+            break
+        bound -= 1
+    return bound
+
+
+def allocate(total: int, weights: Mapping[str, float], caps: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` over keys in proportion to ``weights``, never above ``caps``.
+
+    Largest-remainder rounding (ties broken by key); what a capped key cannot take is spread over
+    the others in proportion to their weights.
+
+    Raises:
+        ValueError: ``total`` exceeds the sum of the caps.
+    """
+    if total > sum(caps.values()):
+        raise ValueError(f"cannot place {total} in capacity {sum(caps.values())}")
+    alloc = dict.fromkeys(caps, 0)
+    active = sorted(k for k in caps if caps[k] > 0)
+    remaining = total
+    while remaining > 0 and active:
+        wsum = sum(max(weights.get(k, 0.0), 0.0) for k in active)
+        if wsum <= 0:
+            shares = {k: remaining / len(active) for k in active}
+        else:
+            shares = {k: remaining * max(weights.get(k, 0.0), 0.0) / wsum for k in active}
+        base = {k: math.floor(shares[k]) for k in active}
+        leftover = remaining - sum(base.values())
+        by_remainder = sorted(active, key=lambda k: (-(shares[k] - base[k]), k))
+        for k in by_remainder[:leftover]:
+            base[k] += 1
+        for k in active:
+            alloc[k] += min(base[k], caps[k] - alloc[k])
+        remaining = total - sum(alloc.values())
+        active = [k for k in active if alloc[k] < caps[k]]
+    return alloc
+
+
+def _check_categories(facts: Sequence[Fact], source: str | None) -> None:
+    for position, fact in enumerate(facts, start=1):
+        if fact.category is None:
+            raise DataError(
+                f"fact {fact.id!r} (fact {position}) has no category; run 'factkeep probe' "
+                "first and split its categories.jsonl",
+                source,
+                field="category",
+            )
+
+
+def _shuffled(items: list[Fact], seed: int, *parts: str) -> list[Fact]:
+    out = list(items)
+    random.Random("-".join(["split", str(seed), *parts])).shuffle(out)
+    return out
+
+
+def _too_few(
+    what: str, wanted: int, per_relation: Mapping[str, int], hint: str, source: str | None
+) -> DataError:
+    detail = ", ".join(f"{rel}: {n}" for rel, n in per_relation.items())
+    return DataError(
+        f"{what}={wanted} is impossible: there are only {sum(per_relation.values())} "
+        f"({detail}){hint}",
+        source,
+    )
+
+
+def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = None) -> Splits:
+    """Draw D_known, D_unknown, D_held and dev from categorised facts (see the module docstring).
+
+    Args:
+        facts: facts with ``category`` set, e.g. ``read_facts("categories.jsonl")``.
+        spec: sizes, fractions, filters, disjointness and seed.
+        source: the input file, named in errors.
+
+    Returns:
+        The splits and a JSON-ready report (per-relation counts, what each filter removed, sizes
+        per split, relation and category).
+
+    Raises:
+        ConfigError: an option is out of range.
+        DataError: a fact lacks a category, an unknown relation is requested, no relation passes
+            the filter, or a requested size exceeds what the data allows (with the counts).
+    """
+    spec.validate()
+    _check_categories(facts, source)
+    order = {fact.id: i for i, fact in enumerate(facts)}
+    available = sorted({f.relation for f in facts})
+    if spec.relations:
+        unknown = [r for r in spec.relations if r not in available]
+        if unknown:
+            raise DataError(
+                f"unknown relation(s) {', '.join(map(repr, unknown))} in relations=; the input "
+                f"has: {', '.join(available)}",
+                source,
+            )
+        facts = [f for f in facts if f.relation in set(spec.relations)]
+
+    relations: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[Fact]] = {}
+    for fact in facts:
+        info = relations.setdefault(fact.relation, {"facts": 0, "multi_answer": 0})
+        info["facts"] += 1
+        if spec.drop_multi_answer and len(fact.answers) > 1:
+            info["multi_answer"] += 1
+            continue
+        groups.setdefault(fact.relation, []).append(fact)
+    known_set = set(spec.known_categories)
+    kept: list[str] = []
+    for rel in sorted(relations):
+        members = groups.get(rel, [])
+        info = relations[rel]
+        for cat in CATEGORIES:
+            info[cat] = sum(f.category == cat for f in members)
+        info["known_fraction"] = (
+            round(sum(f.category in known_set for f in members) / len(members), 4)
+            if members
+            else 0.0
+        )
+        info["kept"] = bool(members) and info["known_fraction"] >= spec.min_known_fraction
+        if info["kept"]:
+            kept.append(rel)
+    if not kept:
+        fractions = ", ".join(f"{r}: {relations[r]['known_fraction']:.2f}" for r in relations)
+        raise DataError(
+            f"no relation has a Known fraction >= min_known_fraction={spec.min_known_fraction} "
+            f"(Known = {'+'.join(spec.known_categories)}; {fractions})",
+            source,
+        )
+
+    weights = {rel: float(len(groups[rel])) for rel in kept}
+    highly = {
+        rel: _shuffled([f for f in groups[rel] if f.category == HIGHLY_KNOWN], spec.seed, rel, "HK")
+        for rel in kept
+    }
+    unknown_pool = {
+        rel: _shuffled([f for f in groups[rel] if f.category == UNKNOWN], spec.seed, rel, "U")
+        for rel in kept
+    }
+
+    # D_held, then the dev set's HighlyKnown and Unknown parts.
+    hk_counts = {rel: len(highly[rel]) for rel in kept}
+    if spec.n_held > sum(hk_counts.values()):
+        hint = " HighlyKnown facts in the kept relations"
+        raise _too_few("n_held", spec.n_held, hk_counts, hint, source)
+    held_n = allocate(spec.n_held, weights, hk_counts)
+    dev_unknown_total, dev_known_total = _train_parts(spec.n_dev, spec.dev_unknown_fraction)
+    hk_left = {rel: hk_counts[rel] - held_n[rel] for rel in kept}
+    if dev_known_total > sum(hk_left.values()):
+        raise _too_few(
+            "n_dev",
+            spec.n_dev,
+            hk_left,
+            f" HighlyKnown facts left after D_held for the dev set's {dev_known_total} "
+            "HighlyKnown ones",
+            source,
+        )
+    u_counts = {rel: len(unknown_pool[rel]) for rel in kept}
+    if dev_unknown_total > sum(u_counts.values()):
+        raise _too_few(
+            "n_dev",
+            spec.n_dev,
+            u_counts,
+            f" Unknown facts for the dev set's {dev_unknown_total} Unknown ones",
+            source,
+        )
+    dev_known_n = allocate(dev_known_total, weights, hk_left)
+    dev_unknown_n = allocate(dev_unknown_total, weights, u_counts)
+    held: list[Fact] = []
+    dev: list[Fact] = []
+    known_rest: dict[str, list[Fact]] = {}
+    unknown_rest: dict[str, list[Fact]] = {}
+    for rel in kept:
+        h, d = held_n[rel], dev_known_n[rel]
+        held += highly[rel][:h]
+        dev += highly[rel][h : h + d] + unknown_pool[rel][: dev_unknown_n[rel]]
+        known_rest[rel] = highly[rel][h + d :]
+        unknown_rest[rel] = unknown_pool[rel][dev_unknown_n[rel] :]
+
+    # Disjointness: no training fact shares a subject (or, optionally, an answer) with held/dev.
+    taken_subjects = {_subject_key(f.subject) for f in held + dev}
+    taken_answers = {_answer_key(a) for f in held + dev for a in f.answers}
+    removed: dict[str, dict[str, int]] = {}
+    known_cand: dict[str, list[Fact]] = {}
+    unknown_cand: dict[str, list[Fact]] = {}
+    for rel in kept:
+        n_candidates = len(known_rest[rel]) + len(unknown_rest[rel])
+        stats = {"candidates": n_candidates, "subject": 0, "answer": 0}
+        for rest, cand in ((known_rest, known_cand), (unknown_rest, unknown_cand)):
+            keep = []
+            for fact in rest[rel]:
+                if _subject_key(fact.subject) in taken_subjects:
+                    stats["subject"] += 1
+                elif spec.held_disjoint_answers and any(
+                    _answer_key(a) in taken_answers for a in fact.answers
+                ):
+                    stats["answer"] += 1
+                else:
+                    keep.append(fact)
+            cand[rel] = keep
+        removed[rel] = stats
+        if stats["candidates"] and stats["answer"] > stats["candidates"] / 2:
+            log.warning(
+                "relation %s: answer-disjointness from D_held/dev removed %d of %d training "
+                "candidates; held_disjoint_answers=false keeps subject-disjointness only",
+                rel,
+                stats["answer"],
+                stats["candidates"],
+            )
+
+    f = spec.unknown_fraction
+    caps = {rel: _train_capacity(len(known_cand[rel]), len(unknown_cand[rel]), f) for rel in kept}
+    n_train = spec.n_train or sum(caps.values())
+    if n_train > sum(caps.values()) or n_train == 0:
+        detail = ", ".join(
+            f"{rel}: {len(known_cand[rel])} HighlyKnown + {len(unknown_cand[rel])} Unknown"
+            for rel in kept
+        )
+        raise DataError(
+            f"n_train={spec.n_train or 'max'} is impossible: with unknown_fraction={f} at most "
+            f"{sum(caps.values())} training facts can be drawn from the candidates left after "
+            f"D_held/dev and disjointness ({detail})",
+            source,
+        )
+    train_n = allocate(n_train, {rel: weights[rel] for rel in kept}, caps)
+    d_known: list[Fact] = []
+    d_unknown: list[Fact] = []
+    for rel in kept:
+        n_unknown, n_known = _train_parts(train_n[rel], f)
+        d_known += known_cand[rel][:n_known]
+        d_unknown += unknown_cand[rel][:n_unknown]
+
+    def ordered(items: list[Fact]) -> list[Fact]:
+        return sorted(items, key=lambda fact: order[fact.id])
+
+    splits = Splits(ordered(d_known), ordered(d_unknown), ordered(held), ordered(dev))
+    sizes: dict[str, dict[str, dict[str, int]]] = {}
+    for name, items in splits.as_dict().items():
+        per: dict[str, dict[str, int]] = {}
+        for fact in items:
+            row = per.setdefault(fact.relation, {})
+            row[str(fact.category)] = row.get(str(fact.category), 0) + 1
+        sizes[name] = {rel: per[rel] for rel in sorted(per)}
+    splits.report = {
+        "relations": {rel: relations[rel] for rel in sorted(relations)},
+        "kept_relations": kept,
+        "dropped_relations": [r for r in sorted(relations) if r not in kept],
+        "dropped_multi_answer": sum(info["multi_answer"] for info in relations.values()),
+        "removed_for_disjointness": removed,
+        "totals": {name: len(items) for name, items in splits.as_dict().items()},
+        "sizes": sizes,
+    }
+    return splits

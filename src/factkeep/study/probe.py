@@ -1,0 +1,367 @@
+"""``factkeep probe``: SLiCK categories of every fact for a model (method.md section 2).
+
+Output folder (``out=``, default ``runs/probe``)::
+
+    config.yaml, env.json      the resolved config (preset filled in) and the environment
+    categories.jsonl           the facts with ``category`` set and ``meta.probe`` = {p_greedy,
+                               p_sample, greedy_answers, sampled_answers}; ``read_facts`` reads it
+    summary.json               counts per relation x category, protocol, timing
+    categories.partial.jsonl   while running: finished chunks (removed at the end)
+    categories.partial.json    while running: the settings fingerprint the partial file belongs to
+
+Presets: ``preset=original`` (default; 10 prompts x (1 greedy + 16 samples)) or ``preset=cheap``
+(4 prompts x (1 greedy + 4 samples) = 20 generations). The protocol options (``n_prompts``,
+``k_exemplars``, ``num_samples``, ``temperature``, ``top_k``) default to ``null``, meaning "the
+preset's value"; any option given explicitly wins over the preset. ``config.yaml`` records the
+resolved values.
+
+Exemplars come from ``exemplars=FILE`` (e.g. a dev split) or, by default, from the facts file
+itself; never the probed fact, nor a fact with the same subject or question.
+
+Resuming: results are appended per chunk of ``chunk_size`` facts (flushed and fsync'ed). Running the
+same command again after an interruption skips the finished chunks; the final ``categories.jsonl``
+is byte-identical to an uninterrupted run's. A partial run made with other settings is refused
+(``resume=false`` discards it).
+
+Example::
+
+    factkeep probe model=runs/world/model facts=runs/world/facts.jsonl out=runs/probe preset=cheap
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from factkeep.config import ConfigError, help_field
+from factkeep.data.facts import CATEGORIES, Fact, read_facts, write_facts
+from factkeep.data.prompts import DEFAULT_TEMPLATE
+from factkeep.errors import DataError, FactkeepError
+from factkeep.probing.slick import PRESETS, ExemplarPool, ProbeProtocol, probe_facts
+from factkeep.rundir import atomic_write_json, atomic_write_text, write_run_metadata
+
+log = logging.getLogger(__name__)
+
+PARTIAL_FILE = "categories.partial.jsonl"
+STATE_FILE = "categories.partial.json"
+OUTPUT_FILE = "categories.jsonl"
+
+_PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(ProbeProtocol))
+
+
+@dataclass
+class ProbeCommandConfig:
+    """Options of ``factkeep probe``."""
+
+    model: str = help_field("", "Model: a Hugging Face model folder or hub id (required).")
+    gguf_file: str | None = help_field(None, "A GGUF file inside the model folder (needs gguf).")
+    dtype: str = help_field("auto", "auto, float32, bfloat16 or float16.")
+    device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    trust_remote_code: bool = help_field(False, "Allow model code from the hub.")
+    facts: str = help_field("", "Facts JSONL file to probe (required).")
+    out: str = help_field("runs/probe", "Output folder.")
+    exemplars: str | None = help_field(
+        None,
+        "Facts JSONL file of few-shot exemplars (e.g. a dev split); default: the facts file "
+        "itself (never the probed fact, nor one with the same subject or question).",
+    )
+    relations: list[str] = help_field([], "Probe only these relations (default: all).")
+    limit: int = help_field(0, "Probe only the first N facts (after the relation filter; 0 = all).")
+    preset: Literal["original", "cheap"] = help_field(
+        "original",
+        "original: 10 prompts x 4 exemplars, 1 greedy + 16 samples per prompt (170 generations); "
+        "cheap: 4 prompts x 4 exemplars, 1 greedy + 4 samples per prompt (20 generations). "
+        "Protocol options given explicitly override the preset.",
+    )
+    n_prompts: int | None = help_field(None, "Few-shot prompts per question (N_ex; null: preset).")
+    k_exemplars: int | None = help_field(None, "Exemplars per prompt (k; null: preset).")
+    num_samples: int | None = help_field(
+        None, "Sampled answers per prompt (0 = greedy only; null: preset)."
+    )
+    temperature: float | None = help_field(None, "Sampling temperature (null: preset).")
+    top_k: int | None = help_field(None, "Top-k of sampling (0 = no cut; null: preset).")
+    seed: int = help_field(0, "Seeds exemplar sampling (per fact) and answer sampling (per chunk).")
+    batch_size: int = help_field(64, "Sequences per generate call (samples count each).")
+    max_new_tokens: int = help_field(16, "The most tokens generated per answer.")
+    chunk_size: int = help_field(64, "Facts per chunk: the unit of batching and of resuming.")
+    share_prefill: bool = help_field(
+        True, "Encode each prompt once for all its samples (same answers, faster)."
+    )
+    resume: bool = help_field(True, "Continue a partial run in out (false: start over).")
+    progress: bool = help_field(True, "Show a progress bar (facts/s).")
+    threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
+
+
+def resolve_protocol(cfg: ProbeCommandConfig) -> ProbeProtocol:
+    """The protocol of ``cfg``: the preset, with every explicitly set (non-null) option on top."""
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    chosen = {name: getattr(cfg, name) for name in _PROTOCOL_FIELDS}
+    overrides = {k: v for k, v in chosen.items() if v is not None}
+    return dataclasses.replace(PRESETS[cfg.preset], **overrides)
+
+
+def select_facts(cfg: ProbeCommandConfig) -> tuple[list[Fact], list[Fact]]:
+    """Read the facts file; returns (all facts, the facts to probe after filter and limit).
+
+    Raises:
+        DataError: unreadable facts, an unknown relation in the filter, or nothing to probe.
+    """
+    all_facts = read_facts(cfg.facts)
+    if not all_facts:
+        raise DataError("no facts in the file", cfg.facts)
+    selected = all_facts
+    if cfg.relations:
+        available = sorted({f.relation for f in all_facts})
+        unknown = [r for r in cfg.relations if r not in available]
+        if unknown:
+            raise DataError(
+                f"unknown relation(s) {', '.join(map(repr, unknown))} in relations=; the file "
+                f"has: {', '.join(available)}",
+                cfg.facts,
+            )
+        wanted = set(cfg.relations)
+        selected = [f for f in all_facts if f.relation in wanted]
+    if cfg.limit < 0:
+        raise ConfigError(f"limit must be >= 0, got {cfg.limit}")
+    if cfg.limit:
+        selected = selected[: cfg.limit]
+    return all_facts, selected
+
+
+def _digest(facts: list[Fact]) -> str:
+    h = hashlib.sha256()
+    for fact in facts:
+        row = [fact.id, fact.question, fact.answers, fact.relation, fact.subject]
+        h.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def fingerprint(
+    cfg: ProbeCommandConfig, protocol: ProbeProtocol, facts: list[Fact], pool: list[Fact]
+) -> dict[str, Any]:
+    """Everything that determines the results; a partial run resumes only if it matches."""
+    from factkeep.models.loading import resolve_device
+
+    return {
+        "model": cfg.model,
+        "gguf_file": cfg.gguf_file,
+        "dtype": cfg.dtype,
+        "device": str(resolve_device(cfg.device)),
+        "protocol": dataclasses.asdict(protocol),
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "chunk_size": cfg.chunk_size,
+        "share_prefill": cfg.share_prefill,
+        "template": DEFAULT_TEMPLATE,
+        "facts": _digest(facts),
+        "n_facts": len(facts),
+        "exemplars": _digest(pool),
+    }
+
+
+def load_partial(out: Path, expected: dict[str, Any], facts: list[Fact]) -> list[list[dict]]:
+    """The finished chunks of a partial run in ``out`` (a prefix of the chunk list).
+
+    A truncated last line or an incomplete last chunk (crash while writing) is dropped, and the
+    partial file is rewritten with the complete chunks only, ready for appending.
+
+    Raises:
+        FactkeepError: the partial run was made with other settings.
+    """
+    partial, state = out / PARTIAL_FILE, out / STATE_FILE
+    if not partial.is_file() or not state.is_file():
+        return []
+    try:
+        saved = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if saved != expected:
+        changed = sorted(
+            k for k in expected if not isinstance(saved, dict) or saved.get(k) != expected[k]
+        )
+        raise FactkeepError(
+            f"{out} holds a partial probe run with other settings ({', '.join(changed)} "
+            "differ); pass resume=false to discard it, or choose another out="
+        )
+    size = expected["chunk_size"]
+    chunks: list[list[dict]] = []
+    current: list[dict] = []
+    for raw in partial.read_bytes().split(b"\n"):
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            break  # a truncated line: everything after it is lost
+        if not isinstance(row, dict) or not isinstance(row.get("fact"), dict):
+            break
+        index = len(chunks)
+        want = facts[index * size : (index + 1) * size]
+        if row.get("chunk") != index or len(current) >= len(want):
+            break
+        if row["fact"].get("id") != want[len(current)].id:
+            break
+        current.append(row["fact"])
+        if len(current) == len(want):
+            chunks.append(current)
+            current = []
+    lines = [
+        json.dumps({"chunk": i, "fact": rec}, ensure_ascii=False) + "\n"
+        for i, chunk in enumerate(chunks)
+        for rec in chunk
+    ]
+    atomic_write_text(partial, "".join(lines))
+    return chunks
+
+
+def _append_chunk(path: Path, index: int, records: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for rec in records:
+            handle.write(json.dumps({"chunk": index, "fact": rec}, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def category_counts(facts: list[Fact]) -> dict[str, dict[str, int]]:
+    """Counts per relation (sorted) and category (in :data:`CATEGORIES` order)."""
+    counts: dict[str, dict[str, int]] = {}
+    for fact in facts:
+        row = counts.setdefault(fact.relation, dict.fromkeys(CATEGORIES, 0))
+        if fact.category is not None:
+            row[fact.category] += 1
+    return {rel: counts[rel] for rel in sorted(counts)}
+
+
+def format_category_table(counts: dict[str, dict[str, int]]) -> str:
+    """A plain-text table relation x category with counts and percentages, plus a total row."""
+    total = dict.fromkeys(CATEGORIES, 0)
+    for row in counts.values():
+        for cat, n in row.items():
+            total[cat] += n
+    rows = [*counts.items(), ("all", total)]
+    width = max(8, *(len(rel) for rel, _ in rows))
+    head = f"{'relation':<{width}} " + " ".join(f"{c:>17}" for c in CATEGORIES) + f" {'facts':>6}"
+    lines = [head, "-" * len(head)]
+    for rel, row in rows:
+        n = sum(row.values())
+        cells = " ".join(f"{row[c]:>7} ({100 * row[c] / max(1, n):5.1f}%)" for c in CATEGORIES)
+        lines.append(f"{rel:<{width}} {cells} {n:>6}")
+    return "\n".join(lines)
+
+
+def run_probe(cfg: ProbeCommandConfig) -> int:
+    """Run ``factkeep probe``: returns the exit code.
+
+    All input is checked (facts, relation filter, exemplars, partial run, model) before anything
+    is written.
+    """
+    import torch
+
+    from factkeep.models.loading import load_model_and_tokenizer
+
+    if not cfg.model:
+        raise ConfigError("model= is required (a Hugging Face model folder or hub id)")
+    if not cfg.facts:
+        raise ConfigError("facts= is required (a facts JSONL file)")
+    for name in ("batch_size", "max_new_tokens", "chunk_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    protocol = resolve_protocol(cfg)
+    all_facts, facts = select_facts(cfg)
+    if cfg.exemplars:
+        pool_facts, source = read_facts(cfg.exemplars), str(cfg.exemplars)
+    else:
+        pool_facts, source = all_facts, f"{cfg.facts} (the facts file)"
+    pool = ExemplarPool(pool_facts, source)
+    pool.check(facts, protocol.k_exemplars)
+    out = Path(cfg.out)
+    expected = fingerprint(cfg, protocol, facts, pool_facts)
+    if not cfg.resume:
+        for name in (PARTIAL_FILE, STATE_FILE):
+            (out / name).unlink(missing_ok=True)
+    done_chunks = load_partial(out, expected, facts)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, cfg.dtype, cfg.device, cfg.gguf_file, cfg.trust_remote_code
+    )
+
+    resolved = dataclasses.replace(cfg, **dataclasses.asdict(protocol))
+    write_run_metadata(out, resolved, seed=cfg.seed)
+    atomic_write_json(out / STATE_FILE, expected)
+    partial = out / PARTIAL_FILE
+    if not done_chunks:  # a stale partial file without (matching) state is not continued
+        atomic_write_text(partial, "")
+    records = [rec for chunk in done_chunks for rec in chunk]
+    if records:
+        log.info("resuming: %d of %d facts already probed", len(records), len(facts))
+    log.info(
+        "probing %d facts: %d prompts x %d exemplars, 1 greedy + %d samples (T=%g, top-k %d) "
+        "per prompt = %d generations per fact",
+        len(facts),
+        protocol.n_prompts,
+        protocol.k_exemplars,
+        protocol.num_samples,
+        protocol.temperature,
+        protocol.top_k,
+        protocol.generations_per_fact,
+    )
+    t0 = time.time()
+    chunks = probe_facts(
+        model,
+        tokenizer,
+        facts,
+        pool,
+        protocol,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        chunk_size=cfg.chunk_size,
+        start_chunk=len(done_chunks),
+        share_prefill=cfg.share_prefill,
+        progress=cfg.progress,
+    )
+    probed_now = 0
+    for index, chunk, results in chunks:
+        new = [res.apply_to(fact).to_dict() for fact, res in zip(chunk, results, strict=True)]
+        _append_chunk(partial, index, new)
+        records.extend(json.loads(json.dumps(rec, ensure_ascii=False)) for rec in new)
+        probed_now += len(chunk)
+    seconds = time.time() - t0
+
+    categorized = [Fact.from_dict(rec) for rec in records]
+    write_facts(out / OUTPUT_FILE, categorized)
+    counts = category_counts(categorized)
+    summary = {
+        "model": cfg.model,
+        "gguf_file": cfg.gguf_file,
+        "facts_file": cfg.facts,
+        "exemplars": source,
+        "n_facts": len(categorized),
+        "preset": cfg.preset,
+        "protocol": dataclasses.asdict(protocol),
+        "generations_per_fact": protocol.generations_per_fact,
+        "seed": cfg.seed,
+        "counts": counts,
+        "totals": {c: sum(row[c] for row in counts.values()) for c in CATEGORIES},
+        "probed_in_this_run": probed_now,
+        "resumed_facts": len(categorized) - probed_now,
+        "seconds": round(seconds, 2),
+        "facts_per_second": round(probed_now / seconds, 3) if seconds > 0 else None,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    partial.unlink(missing_ok=True)
+    (out / STATE_FILE).unlink(missing_ok=True)
+
+    print(f"\nSLiCK categories of {len(categorized)} facts ({cfg.model}, preset {cfg.preset}):")
+    print(format_category_table(counts))
+    rate = summary["facts_per_second"]
+    print(f"Probed {probed_now} facts in {seconds:.1f} s ({rate} facts/s); results in {out}")
+    return 0

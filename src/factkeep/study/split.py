@@ -1,0 +1,109 @@
+"""``factkeep split``: D_known / D_unknown / D_held / dev from probed categories (method.md §3).
+
+Reads the ``categories.jsonl`` of ``factkeep probe`` and writes (``out=``, default ``runs/split``)::
+
+    config.yaml, env.json                        the resolved config and the environment
+    d_known.jsonl, d_unknown.jsonl               the training facts (HighlyKnown / Unknown)
+    d_held.jsonl                                 HighlyKnown facts never trained on
+    dev.jsonl                                    held-out HighlyKnown + Unknown, for early stopping
+    summary.json                                 sizes per split, relation and category; what the
+                                                 relation filter, the multi-answer filter and
+                                                 disjointness removed
+
+See :mod:`factkeep.data.splits` for the algorithm and the meaning of every option. Nothing is
+written if the request is impossible; the message says how many facts there are.
+
+Example::
+
+    factkeep split categories=runs/probe/categories.jsonl out=runs/split n_held=300 \\
+        held_disjoint_answers=false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from factkeep.config import ConfigError, help_field
+from factkeep.data.facts import read_facts, write_facts
+from factkeep.data.splits import SPLIT_NAMES, Splits, SplitSpec, build_splits
+from factkeep.rundir import atomic_write_json, write_run_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitCommandConfig(SplitSpec):
+    """Options of ``factkeep split`` (the split options of :class:`SplitSpec` plus files)."""
+
+    categories: str = help_field("", "categories.jsonl written by 'factkeep probe' (required).")
+    out: str = help_field("runs/split", "Output folder.")
+
+
+def format_split_table(splits: Splits) -> str:
+    """A plain-text table: per relation, its facts, Known fraction and the size of every split."""
+    report = splits.report
+    sizes = report["sizes"]
+    removed = report["removed_for_disjointness"]
+    rels = list(report["relations"])
+    width = max(8, *(len(r) for r in rels))
+    cols = ["facts", "known%", "d_known", "d_unknown", "d_held", "dev HK/U", "rm subj/ans"]
+    head = f"{'relation':<{width}} " + " ".join(f"{c:>11}" for c in cols)
+    lines = [head, "-" * len(head)]
+    totals = dict.fromkeys(SPLIT_NAMES, 0)
+    for rel in rels:
+        info = report["relations"][rel]
+        if not info["kept"]:
+            lines.append(
+                f"{rel:<{width}} {info['facts']:>11} {100 * info['known_fraction']:>10.1f}% "
+                "    dropped (Known fraction below the threshold)"
+            )
+            continue
+        n = {name: sum(sizes[name].get(rel, {}).values()) for name in SPLIT_NAMES}
+        for name in SPLIT_NAMES:
+            totals[name] += n[name]
+        dev = sizes["dev"].get(rel, {})
+        dev_cell = f"{dev.get('HighlyKnown', 0)}/{dev.get('Unknown', 0)}"
+        rm = f"{removed[rel]['subject']}/{removed[rel]['answer']}"
+        cells = [
+            f"{info['facts']:>11}",
+            f"{100 * info['known_fraction']:>10.1f}%",
+            *(f"{n[name]:>11}" for name in ("d_known", "d_unknown", "d_held")),
+            f"{dev_cell:>11}",
+            f"{rm:>11}",
+        ]
+        lines.append(f"{rel:<{width}} " + " ".join(cells))
+    lines.append(
+        f"{'all':<{width}} {'':>11} {'':>11} "
+        + " ".join(f"{totals[name]:>11}" for name in SPLIT_NAMES)
+    )
+    return "\n".join(lines)
+
+
+def run_split(cfg: SplitCommandConfig) -> int:
+    """Run ``factkeep split``: returns the exit code. Nothing is written if the input is bad."""
+    if not cfg.categories:
+        raise ConfigError("categories= is required (the categories.jsonl of 'factkeep probe')")
+    facts = read_facts(cfg.categories)
+    spec = SplitSpec(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SplitSpec)})
+    splits = build_splits(facts, spec, source=cfg.categories)
+
+    out = Path(cfg.out)
+    write_run_metadata(out, cfg, seed=cfg.seed)
+    for name, items in splits.as_dict().items():
+        write_facts(out / f"{name}.jsonl", items)
+    summary = {"categories": cfg.categories, "seed": cfg.seed, **splits.report}
+    atomic_write_json(out / "summary.json", summary)
+
+    report = splits.report
+    print(f"\nSplits of {len(facts)} facts from {cfg.categories}:")
+    print(format_split_table(splits))
+    print(
+        f"Dropped {report['dropped_multi_answer']} multi-answer facts and "
+        f"{len(report['dropped_relations'])} relation(s); 'rm subj/ans' = training candidates "
+        "removed for sharing a subject / an answer with D_held or dev."
+    )
+    print(f"Files in {out}: " + ", ".join(f"{name}.jsonl" for name in SPLIT_NAMES))
+    return 0
