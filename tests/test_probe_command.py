@@ -232,3 +232,20 @@ def test_stale_partial_file_without_state_is_not_continued(files, tmp_path) -> N
     assert [f.id for f in read_facts(out / "categories.jsonl")] == [
         f.id for f in read_facts(files["world"])[:3]
     ]
+
+
+def test_ground_truth_table_for_world_facts():
+    from factkeep.data.facts import HIGHLY_KNOWN, UNKNOWN, Fact
+    from factkeep.study.probe import format_category_table, ground_truth_counts
+
+    def fact(i: int, population: str, category: str) -> Fact:
+        return Fact(f"f{i}", "q?", ["a"], "r", "s", category, {"population": population})
+
+    facts = [fact(0, "bio", HIGHLY_KNOWN), fact(1, "bio", UNKNOWN), fact(2, "unseen", UNKNOWN)]
+    counts = ground_truth_counts(facts)
+    assert counts == {
+        "bio": {"HighlyKnown": 1, "MaybeKnown": 0, "WeaklyKnown": 0, "Unknown": 1},
+        "unseen": {"HighlyKnown": 0, "MaybeKnown": 0, "WeaklyKnown": 0, "Unknown": 1},
+    }
+    assert "population" in format_category_table(counts, label="population")
+    assert ground_truth_counts([Fact("x", "q?", ["a"], "r", "s")]) is None

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -229,25 +230,38 @@ def _append_chunk(path: Path, index: int, records: list[dict]) -> None:
         os.fsync(handle.fileno())
 
 
-def category_counts(facts: list[Fact]) -> dict[str, dict[str, int]]:
-    """Counts per relation (sorted) and category (in :data:`CATEGORIES` order)."""
+def category_counts(
+    facts: list[Fact], key: Callable[[Fact], str] = lambda f: f.relation
+) -> dict[str, dict[str, int]]:
+    """Counts per group (``key``, default the relation; sorted) and category (CATEGORIES order)."""
     counts: dict[str, dict[str, int]] = {}
     for fact in facts:
-        row = counts.setdefault(fact.relation, dict.fromkeys(CATEGORIES, 0))
+        row = counts.setdefault(key(fact), dict.fromkeys(CATEGORIES, 0))
         if fact.category is not None:
             row[fact.category] += 1
     return {rel: counts[rel] for rel in sorted(counts)}
 
 
-def format_category_table(counts: dict[str, dict[str, int]]) -> str:
-    """A plain-text table relation x category with counts and percentages, plus a total row."""
+def ground_truth_counts(facts: list[Fact]) -> dict[str, dict[str, int]] | None:
+    """Synthetic-world facts only: category counts per ground-truth population, else None.
+
+    The world's facts carry ``meta["population"]`` (``qa``/``bio``: pretrained, ``unseen``: never
+    seen), so this is the confusion matrix of probed category vs what the model was taught.
+    """
+    if not facts or not all("population" in f.meta for f in facts):
+        return None
+    return category_counts(facts, key=lambda f: str(f.meta["population"]))
+
+
+def format_category_table(counts: dict[str, dict[str, int]], label: str = "relation") -> str:
+    """A plain-text table group x category with counts and percentages, plus a total row."""
     total = dict.fromkeys(CATEGORIES, 0)
     for row in counts.values():
         for cat, n in row.items():
             total[cat] += n
     rows = [*counts.items(), ("all", total)]
     width = max(8, *(len(rel) for rel, _ in rows))
-    head = f"{'relation':<{width}} " + " ".join(f"{c:>17}" for c in CATEGORIES) + f" {'facts':>6}"
+    head = f"{label:<{width}} " + " ".join(f"{c:>17}" for c in CATEGORIES) + f" {'facts':>6}"
     lines = [head, "-" * len(head)]
     for rel, row in rows:
         n = sum(row.values())
@@ -339,6 +353,7 @@ def run_probe(cfg: ProbeCommandConfig) -> int:
     categorized = [Fact.from_dict(rec) for rec in records]
     write_facts(out / OUTPUT_FILE, categorized)
     counts = category_counts(categorized)
+    truth = ground_truth_counts(categorized)
     summary = {
         "model": cfg.model,
         "gguf_file": cfg.gguf_file,
@@ -351,6 +366,7 @@ def run_probe(cfg: ProbeCommandConfig) -> int:
         "seed": cfg.seed,
         "counts": counts,
         "totals": {c: sum(row[c] for row in counts.values()) for c in CATEGORIES},
+        "by_ground_truth": truth,
         "probed_in_this_run": probed_now,
         "resumed_facts": len(categorized) - probed_now,
         "seconds": round(seconds, 2),
@@ -362,6 +378,9 @@ def run_probe(cfg: ProbeCommandConfig) -> int:
 
     print(f"\nSLiCK categories of {len(categorized)} facts ({cfg.model}, preset {cfg.preset}):")
     print(format_category_table(counts))
+    if truth is not None:
+        print("\nCategory vs ground truth (qa, bio: pretrained; unseen: never pretrained):")
+        print(format_category_table(truth, label="population"))
     rate = summary["facts_per_second"]
     print(f"Probed {probed_now} facts in {seconds:.1f} s ({rate} facts/s); results in {out}")
     return 0
