@@ -16,7 +16,14 @@ from factkeep.models.tokenizer import build_word_tokenizer
 from factkeep.training.pretrain import PretrainConfig, pack_documents, pretrain
 
 SMALL = WorldSpec(
-    n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=30, n_bio=20, n_unseen=10
+    n_first_names=20,
+    n_last_names=30,
+    values_per_relation=25,
+    n_qa=30,
+    n_bio=20,
+    n_unseen=10,
+    bio_only_copies=1,
+    warmup_epochs=0,
 )
 TINY_MODEL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
@@ -65,6 +72,21 @@ def test_curriculum_warmup_epochs_hold_a_subset():
             continue
         assert (person.name in early) == (person.name in subset)
         assert person.name in late
+
+
+def test_bio_only_people_get_several_biographies():
+    spec = WorldSpec(**{**SMALL.__dict__, "bio_only_copies": 3})
+    world = build_world(spec)
+    docs = world.pretraining_documents(0)
+    birth = world.relations[0]
+    for person in world.people:
+        # Count biography sentences of this person's birth city (QA documents excluded).
+        n = sum(
+            1
+            for d in docs
+            if not d.startswith("Q:") and person.name in d and person.values[birth.name] in d
+        )
+        assert n == {"bio": 3, "qa": 1, "unseen": 0}[person.population], person
 
 
 def test_value_sets_large_by_default():
@@ -140,6 +162,7 @@ def test_world_command_end_to_end(tmp_path, capsys):
         "world.n_qa=30",
         "world.n_bio=20",
         "world.n_unseen=10",
+        "world.warmup_epochs=0",
         "model.hidden_size=32",
         "model.num_layers=1",
         "model.num_heads=2",

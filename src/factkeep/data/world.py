@@ -149,14 +149,19 @@ class WorldSpec:
     values_per_relation: int = help_field(
         120, "Distinct values of each relation (>= 100 keeps chance guessing below 1%)."
     )
-    n_qa: int = help_field(600, "People whose biographies and QA pairs are pretrained.")
-    n_bio: int = help_field(400, "People whose biographies only are pretrained (known facts).")
-    n_unseen: int = help_field(400, "People never pretrained (their facts are new facts).")
+    n_qa: int = help_field(300, "People whose biographies and QA pairs are pretrained.")
+    n_bio: int = help_field(300, "People whose biographies only are pretrained (known facts).")
+    n_unseen: int = help_field(300, "People never pretrained (their facts are new facts).")
     qa_per_doc: int = help_field(
         3, "Most QA pairs of one relation per pretraining QA document (1..N, blank-line joined)."
     )
+    bio_only_copies: int = help_field(
+        3,
+        "Fresh biographies of each bio-only person per epoch (qa people get one; their QA pairs "
+        "are further exposures). Several paraphrased biographies per person speed up extraction.",
+    )
     warmup_epochs: int = help_field(
-        0,
+        45,
         "Curriculum: the first N epochs of the corpus hold only a subset of the people (a small "
         "set of individuals lets the model form its fact-recall circuit sooner).",
     )
@@ -263,7 +268,10 @@ class World:
         people = [p for p in self.people if p.population != "unseen"]
         if epoch < self.spec.warmup_epochs:
             people = self.warmup_people()
-        docs = [self.biography(p, rng) for p in people]
+        docs: list[str] = []
+        for p in people:
+            copies = self.spec.bio_only_copies if p.population == "bio" else 1
+            docs.extend(self.biography(p, rng) for _ in range(copies))
         qa_people = [p for p in people if p.population == "qa"]
         for rel in self.relations:
             pairs = [self.qa_text(p, rel) for p in qa_people]

@@ -51,7 +51,7 @@ class WorldCommandConfig:
     model: TinyModelConfig = nested(TinyModelConfig, "Shape of the tiny model.")
     pretrain: PretrainConfig = nested(PretrainConfig, "Pretraining optimisation.")
     eval_every: int = help_field(
-        0, "Log QA accuracy of bio-only people every N pretraining steps (0 = only at the end)."
+        500, "Log QA accuracy of bio-only people every N pretraining steps (0 = only at the end)."
     )
     force: bool = help_field(False, "Pretrain again even if a cached model matches the config.")
     threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")

@@ -34,18 +34,20 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     """Optimisation settings of pretraining."""
 
-    epochs: int = help_field(24, "Passes over the corpus (each epoch has freshly sampled texts).")
-    lr: float = help_field(4e-3, "Peak learning rate (AdamW).")
+    epochs: int = help_field(
+        75, "Passes over the corpus, warm-up epochs included (each epoch samples fresh texts)."
+    )
+    lr: float = help_field(2e-3, "Peak learning rate (AdamW).")
     min_lr_ratio: float = help_field(
         0.05, "Final learning rate as a fraction of the peak (cosine)."
     )
-    warmup_steps: int = help_field(60, "Linear warm-up steps.")
+    warmup_steps: int = help_field(30, "Linear warm-up steps.")
     weight_decay: float = help_field(0.01, "AdamW weight decay.")
     beta2: float = help_field(0.98, "AdamW beta2.")
     grad_clip: float = help_field(1.0, "Gradient-norm clipping.")
-    batch_size: int = help_field(32, "Blocks per optimiser step.")
+    batch_size: int = help_field(8, "Blocks per optimiser step.")
     block_size: int = help_field(128, "Tokens per packed block.")
-    save_steps: int = help_field(100, "Checkpoint every N steps (for resuming an interrupted run).")
+    save_steps: int = help_field(500, "Checkpoint every N steps (for resuming an interrupted run).")
     seed: int = help_field(0, "Seed of initialisation and data order.")
 
 
