@@ -4,6 +4,7 @@ Usage::
 
     factkeep COMMAND [--config FILE.yaml] [key=value | --key value | --key=value ...]
     factkeep COMMAND --help        # every option of COMMAND, with type, default and help
+    factkeep train --config self_distill   # a shipped method config (factkeep/configs/*.yaml)
 
 Options resolve as dataclass defaults < the YAML file < the command-line overrides. This is the only
 module that reads ``sys.argv``; each command's implementation is imported only when it runs, so
@@ -54,7 +55,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command(
         "Fine-tune with SFT, self-distillation, freezing, controls and baselines.",
-        pending="fine-tuning",
+        config="factkeep.training.config:TrainCommandConfig",
+        runner="factkeep.study.train:run_train",
     ),
     "eval": Command("Accuracy per split, relation and category.", pending="evaluation"),
     "report": Command("HTML/Markdown report with plots from run folders.", pending="reports"),
@@ -184,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if config_path:
+            from factkeep.configs import resolve_config_path
+
+            config_path = resolve_config_path(config_path)
         cfg = resolve_config(config_cls, config_path, overrides)
         runner: Callable[[Any], int | None] = _load(cmd.runner)
         return int(runner(cfg) or 0)

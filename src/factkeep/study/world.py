@@ -87,21 +87,13 @@ def world_facts_by_population(facts: list[Fact]) -> dict[str, list[Fact]]:
 
 def qa_accuracy(model: Any, tokenizer: Any, facts: list[Fact], batch_size: int = 256) -> dict:
     """Zero-shot greedy exact-match accuracy overall and per relation."""
-    from factkeep.data.prompts import format_prompt
-    from factkeep.probing.generation import greedy_answers
-    from factkeep.probing.scoring import exact_match
+    from factkeep.probing.accuracy import accuracy, accuracy_by, answer_facts
 
-    preds = greedy_answers(
-        model, tokenizer, [format_prompt(f.question) for f in facts], batch_size=batch_size
-    )
-    correct = [exact_match(p, f.answers) for p, f in zip(preds, facts, strict=True)]
-    per_rel: dict[str, list[bool]] = {}
-    for f, c in zip(facts, correct, strict=True):
-        per_rel.setdefault(f.relation, []).append(c)
+    samples = answer_facts(model, tokenizer, facts, batch_size=batch_size)
     return {
-        "accuracy": sum(correct) / max(1, len(correct)),
-        "n": len(correct),
-        "per_relation": {r: sum(v) / len(v) for r, v in sorted(per_rel.items())},
+        "accuracy": accuracy(samples),
+        "n": len(samples),
+        "per_relation": accuracy_by(samples, facts, key=lambda f: f.relation),
     }
 
 

@@ -1,0 +1,67 @@
+"""``factkeep train``: fine-tune with a method config and summarise what was learned and forgotten.
+
+Runs :func:`factkeep.training.run.train`, then writes ``results.json`` (final / peak / starting
+accuracy per evaluation set, forgetting of D_held, parameters, time) and prints a summary.
+
+Example::
+
+    factkeep train --config self_distill model=runs/world/model \\
+        data.splits=runs/split out=runs/self_distill
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from factkeep.eval.metrics import summarize_run
+from factkeep.rundir import atomic_write_json
+from factkeep.training.config import TrainCommandConfig
+from factkeep.training.run import TrainResult, train
+
+__all__ = ["format_summary", "run_train", "train_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def train_summary(cfg: TrainCommandConfig, result: TrainResult) -> dict[str, Any]:
+    """The ``results.json`` of a training run."""
+    summary = summarize_run(result.metrics)
+    return {
+        "method": cfg.method,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        **summary,
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
+        "teacher_forwards": result.teacher_forwards,
+        "stopped_early_at": result.stopped_early_at,
+        "phases": result.phases,
+        "seconds": result.seconds,
+        "model_dir": str(result.model_dir),
+    }
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """A short text table: start / peak / final accuracy per set, then forgetting."""
+    lines = [f"{'set':<12}{'start':>8}{'peak':>8}{'final':>8}"]
+    for name, final in results["final"].items():
+        lines.append(
+            f"{name:<12}{results['start'][name]:>8.3f}{results['peak'][name]:>8.3f}{final:>8.3f}"
+        )
+    if results["forgetting"] is not None:
+        lines.append(
+            f"forgetting of d_held (relative decline from peak): {results['forgetting']:.1%}"
+        )
+    return "\n".join(lines)
+
+
+def run_train(cfg: TrainCommandConfig) -> int:
+    """Run ``factkeep train``: returns the exit code."""
+    result = train(cfg)
+    results = train_summary(cfg, result)
+    atomic_write_json(result.out / "results.json", results)
+    print(f"\n{cfg.method}: {results['steps']} steps in {result.seconds:.0f} s")
+    print(format_summary(results))
+    print(f"Model in {result.model_dir}; metrics in {result.out / 'metrics.jsonl'}")
+    return 0

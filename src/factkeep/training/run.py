@@ -1,0 +1,445 @@
+"""Fine-tuning runs: the phases of a method, on :class:`~factkeep.training.trainer.FactTrainer`.
+
+:func:`train` is the Python API behind ``factkeep train``. It loads the model and the facts, plans
+the phases of :mod:`factkeep.training.config` (``format`` -> ``main`` -> ``patch``) and runs each
+as one ``Trainer.train`` call. The run folder::
+
+    config.yaml, env.json        the resolved config and the environment
+    metrics.jsonl                accuracy on the evaluation sets along training (all phases)
+    samples/step-NNNNNN.jsonl    per-fact answers of each evaluation
+    checkpoints/<phase>/checkpoint-N/   Trainer checkpoints (HF model folders + optimiser state)
+    phases/<phase>/model/        the model at the end of an intermediate phase (the snapshot)
+    phases/<phase>/done.json     steps, seconds and the Trainer's log history of a finished phase
+    model/                       the final model and tokenizer (an ordinary HF model folder)
+
+Run again on the same folder with ``resume=true`` (the default), a run continues where it was
+interrupted: finished phases are skipped and the current one resumes from its last checkpoint
+(same data order and random state, so the final metrics equal an uninterrupted run's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from factkeep.config import ConfigError, config_to_dict
+from factkeep.data.facts import Fact, read_facts, read_jsonl_objects
+from factkeep.data.prompt_completion import read_prompt_completion
+from factkeep.methods.freezing import FreezeSpec, apply_freezing
+from factkeep.methods.teacher import Teacher
+from factkeep.methods.terms import EWCTerm, KLToTeacher, L2ToAnchor, LossTerm, NLLTerm
+from factkeep.models.loading import load_model_and_tokenizer
+from factkeep.rundir import atomic_write_json, write_run_metadata
+from factkeep.training.callbacks import (
+    EMA_TEACHER_DIR,
+    EMACallback,
+    SplitEvalCallback,
+    read_metrics,
+    trim_metrics,
+)
+from factkeep.training.config import TrainCommandConfig
+from factkeep.training.examples import QACollator, QADataset, ReplayMix
+from factkeep.training.trainer import FactTrainer
+
+__all__ = [
+    "TrainResult",
+    "check_resumable",
+    "last_complete_checkpoint",
+    "load_fact_set",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+# Options that do not change what a run computes (may differ when resuming).
+_VOLATILE = {"progress", "threads", "resume", "report_to"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out: Path
+    model_dir: Path
+    metrics: list[dict[str, Any]]
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    seconds: float = 0.0
+    teacher_forwards: int = 0
+    stopped_early_at: int | None = None
+    phases: list[str] = field(default_factory=list)
+
+
+def load_fact_set(entry: str, splits_dir: str) -> list[Fact]:
+    """Facts of a split name (``d_known`` -> ``<splits_dir>/d_known.jsonl``) or a JSONL path.
+
+    A file whose first record has ``prompt`` and ``completion`` is read as TRL prompt/completion.
+    """
+    path = Path(entry)
+    if not entry.endswith(".jsonl"):
+        if not splits_dir:
+            raise ConfigError(f"'{entry}' is a split name but data.splits is not set")
+        path = Path(splits_dir) / f"{entry}.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"facts file not found: {path}")
+    rows = read_jsonl_objects(path)
+    if rows and "prompt" in rows[0][1] and "completion" in rows[0][1]:
+        return read_prompt_completion(path)
+    return read_facts(path)
+
+
+def _load_sets(entries: Sequence[str], splits_dir: str) -> list[Fact]:
+    facts: list[Fact] = []
+    for entry in entries:
+        facts.extend(load_fact_set(entry, splits_dir))
+    return facts
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was completely written, or None.
+
+    The Trainer writes ``trainer_state.json`` last; a checkpoint without it was cut short (the
+    process was killed while saving) and is deleted so that it is never resumed from.
+    """
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (int(p.name.split("-")[-1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[-1].isdigit()
+    )
+    for _, path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        log.warning("removing incomplete checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _subsample(facts: list[Fact], n: int, seed: int, name: str) -> list[Fact]:
+    if n <= 0 or len(facts) <= n:
+        return facts
+    keep = set(random.Random(f"{seed}-eval-{name}").sample(range(len(facts)), n))
+    return [f for i, f in enumerate(facts) if i in keep]
+
+
+@dataclass
+class _Phase:
+    name: str
+    data: list[str]
+    epochs: float
+    lr: float
+    main: bool = False
+
+
+def _plan(cfg: TrainCommandConfig) -> list[_Phase]:
+    phases = []
+    if cfg.format_phase.epochs > 0:
+        lr = cfg.format_phase.lr or cfg.optim.lr
+        phases.append(_Phase("format", cfg.format_phase.data, cfg.format_phase.epochs, lr))
+    phases.append(_Phase("main", cfg.data.train, cfg.optim.epochs, cfg.optim.lr, main=True))
+    if cfg.replay.patch_epochs > 0:
+        phases.append(_Phase("patch", cfg.replay.patch_data, cfg.replay.patch_epochs, cfg.optim.lr))
+    return phases
+
+
+def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
+    """Refuse to resume a run folder that was made with a different config."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    import yaml
+
+    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    new = config_to_dict(cfg)
+    diff = sorted(k for k in set(old) | set(new) if k not in _VOLATILE and old.get(k) != new.get(k))
+    if diff:
+        raise ConfigError(
+            f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
+            "choose another out= or pass resume=false to start over"
+        )
+
+
+def _fresh_start(out: Path) -> None:
+    for name in ("checkpoints", "phases", "samples", "model"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "results.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _training_args(cfg: TrainCommandConfig, phase: _Phase, out: Path) -> TrainingArguments:
+    save_steps = cfg.save_every_steps
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints" / phase.name),
+        num_train_epochs=phase.epochs,
+        learning_rate=phase.lr,
+        per_device_train_batch_size=cfg.optim.batch_size,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_steps=cfg.optim.warmup_ratio,
+        lr_scheduler_type=cfg.optim.scheduler,
+        max_grad_norm=cfg.optim.grad_clip,
+        bf16=cfg.optim.mixed_precision == "bf16",
+        fp16=cfg.optim.mixed_precision == "fp16",
+        logging_steps=cfg.log_every_steps,
+        save_strategy="steps" if save_steps else "epoch",
+        save_steps=save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
+        disable_tqdm=not cfg.progress,
+        remove_unused_columns=False,
+        use_cpu=cfg.device == "cpu",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available() and cfg.device != "cpu",
+    )
+
+
+class _Runner:
+    """Holds the state shared by the phases of one run."""
+
+    def __init__(self, cfg: TrainCommandConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            cfg.model, dtype=cfg.dtype, device=cfg.device, gguf_file=cfg.gguf_file
+        )
+        self.collator = QACollator(int(self.tokenizer.pad_token_id))
+        eval_names = list(cfg.data.eval)
+        if cfg.eval.patience > 0 and cfg.eval.dev not in eval_names:
+            eval_names.append(cfg.eval.dev)
+        self.eval_sets = {
+            Path(name).stem: _subsample(
+                load_fact_set(name, cfg.data.splits), cfg.eval.max_facts, cfg.seed, name
+            )
+            for name in eval_names
+        }
+        self.result = TrainResult(out=self.out, model_dir=self.out / "model", metrics=[])
+
+    def dataset(self, entries: Sequence[str], replay: bool = False) -> Any:
+        facts = _load_sets(entries, self.cfg.data.splits)
+        if not facts:
+            raise ConfigError(f"no training facts in {list(entries)}")
+        data: Any = QADataset.from_facts(self.tokenizer, facts, self.cfg.data.template)
+        if replay and self.cfg.replay.fraction > 0:
+            pool = _load_sets(self.cfg.replay.pool, self.cfg.data.splits)
+            data = ReplayMix(
+                data,
+                QADataset.from_facts(self.tokenizer, pool, self.cfg.data.template),
+                self.cfg.replay.fraction,
+                self.cfg.seed,
+            )
+        return data
+
+    def teacher(self, args: TrainingArguments, last_checkpoint: str | None) -> Teacher | None:
+        cfg = self.cfg
+        kind = cfg.teacher.kind
+        if kind == "none":
+            return None
+        source: str | Path = cfg.model
+        if kind in ("snapshot", "ema") and (self.out / "phases" / "format" / "model").is_dir():
+            source = self.out / "phases" / "format" / "model"
+        if kind == "ema" and last_checkpoint and (Path(last_checkpoint) / EMA_TEACHER_DIR).is_dir():
+            source = Path(last_checkpoint) / EMA_TEACHER_DIR
+        gguf = cfg.gguf_file if source == cfg.model else None
+        return Teacher.from_pretrained(source, device=args.device, dtype=cfg.dtype, gguf_file=gguf)
+
+    def terms(self, phase: _Phase, teacher: Teacher | None) -> list[LossTerm]:
+        loss = self.cfg.loss
+        if not phase.main:
+            return [NLLTerm()]
+        terms: list[LossTerm] = [NLLTerm(label_smoothing=loss.label_smoothing)]
+
+        def kl(weight: float) -> KLToTeacher:
+            return KLToTeacher(
+                weight=weight,
+                temperature=loss.temperature,
+                positions=loss.kl_positions,
+                direction=loss.kl_direction,
+                top_k=loss.kl_top_k or None,
+                chunk_size=loss.kl_chunk_size or None,
+            )
+
+        if loss.kl_weight > 0:
+            terms.append(kl(loss.kl_weight))
+        if (loss.l2_weight > 0 or loss.l2_match_kl) and teacher is not None:
+            anchor = {n: p.clone() for n, p in teacher.named_parameters()}
+            terms.append(
+                L2ToAnchor(
+                    anchor=anchor,
+                    weight=loss.l2_weight,
+                    match=kl(loss.kl_match_weight) if loss.l2_match_kl else None,
+                    every=loss.l2_match_every,
+                )
+            )
+        if loss.ewc_weight > 0:
+            terms.append(self._ewc_term())
+        return terms
+
+    def _ewc_term(self) -> EWCTerm:
+        from torch.utils.data import DataLoader
+
+        from factkeep.methods.ewc import diagonal_fisher
+
+        data = self.dataset(self.cfg.loss.ewc_data)
+        loader = DataLoader(data, batch_size=self.cfg.optim.batch_size, collate_fn=self.collator)
+        fisher = diagonal_fisher(self.model, loader, self.cfg.loss.ewc_batches)
+        anchor = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in fisher}
+        return EWCTerm(anchor=anchor, fisher=fisher, weight=self.cfg.loss.ewc_weight)
+
+    def prepare_model(self, phase: _Phase) -> None:
+        """Freezing / LoRA for the main phase; everything trainable otherwise."""
+        cfg = self.cfg
+        self.model.requires_grad_(True)
+        if phase.main and cfg.lora.r > 0:
+            from factkeep.training.lora import add_lora
+
+            self.model = add_lora(self.model, cfg.lora, cfg.seed)
+            params = list(self.model.parameters())
+            self.result.trainable_parameters = sum(p.numel() for p in params if p.requires_grad)
+            self.result.total_parameters = sum(p.numel() for p in params)
+        elif phase.main:
+            spec = FreezeSpec(
+                train=tuple(cfg.freeze.train),
+                freeze=tuple(cfg.freeze.freeze),
+                layers=cfg.freeze.layers or None,
+                train_regex=tuple(cfg.freeze.train_regex),
+                freeze_regex=tuple(cfg.freeze.freeze_regex),
+            )
+            trainable, total = apply_freezing(self.model, spec)
+            self.result.trainable_parameters, self.result.total_parameters = trainable, total
+
+    def save_model(self, folder: Path) -> None:
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model with merged adapters
+            model = model.merge_and_unload()
+            self.model = model
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def run_phase(self, phase: _Phase, step_offset: int, first: bool) -> int:
+        """Train one phase (resuming from its last checkpoint); returns its optimiser steps."""
+        cfg, out = self.cfg, self.out
+        done = out / "phases" / phase.name / "done.json"
+        if done.is_file():
+            info = json.loads(done.read_text(encoding="utf-8"))
+            log.info("phase %s already done (%d steps)", phase.name, info["steps"])
+            return int(info["steps"])
+        args = _training_args(cfg, phase, out)
+        ckpt_dir = Path(str(args.output_dir))
+        last = last_complete_checkpoint(ckpt_dir)
+        resumed_at = int(Path(last).name.split("-")[-1]) if last else -1
+
+        def keep(row: dict[str, Any]) -> bool:
+            if row["phase"] != phase.name:
+                return row["step"] < step_offset or (row["step"] == step_offset and not first)
+            return row["phase_step"] <= resumed_at
+
+        trim_metrics(out / "metrics.jsonl", keep)
+        self.prepare_model(phase)
+        teacher = self.teacher(args, last) if phase.main else None
+        data = self.dataset(phase.data, replay=phase.main)
+        eval_cb = SplitEvalCallback(
+            self.tokenizer,
+            self.eval_sets,
+            out,
+            phase=phase.name,
+            step_offset=step_offset,
+            every_steps=cfg.eval.every_steps,
+            each_epoch=cfg.eval.each_epoch,
+            at_start=first,
+            template=cfg.data.template,
+            batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            patience=cfg.eval.patience if phase.main else 0,
+        )
+        rows = read_metrics(out / "metrics.jsonl")
+        eval_cb.restore([r for r in rows if r["phase"] == phase.name])
+        callbacks: list[Any] = [eval_cb]
+        if teacher is not None and cfg.teacher.kind == "ema":
+            callbacks.append(EMACallback(teacher, cfg.teacher.ema_decay))
+        trainer = FactTrainer(
+            model=self.model,
+            args=args,
+            train_dataset=data,
+            data_collator=self.collator,
+            processing_class=self.tokenizer,
+            loss_terms=self.terms(phase, teacher),
+            teacher=teacher,
+            callbacks=callbacks,
+        )
+        log.info(
+            "phase %s: %d examples, %.3g epochs, lr %.3g%s",
+            phase.name,
+            len(data),
+            phase.epochs,
+            phase.lr,
+            f", resuming from {last}" if last else "",
+        )
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=last)
+        steps = trainer.state.global_step
+        if teacher is not None:
+            self.result.teacher_forwards += teacher.forward_calls
+        if eval_cb.stopped_early_at is not None:
+            self.result.stopped_early_at = eval_cb.stopped_early_at
+        final = phase.name == self.result.phases[-1]
+        self.save_model(out / "model" if final else out / "phases" / phase.name / "model")
+        atomic_write_json(
+            done,
+            {
+                "steps": steps,
+                "seconds": round(time.perf_counter() - start, 2),
+                "log_history": trainer.state.log_history,
+            },
+        )
+        return int(steps)
+
+
+def train(cfg: TrainCommandConfig) -> TrainResult:
+    """Run a fine-tuning method end to end (see the module docstring).
+
+    Args:
+        cfg: the resolved options (e.g. from ``configs/self_distill.yaml``).
+
+    Returns:
+        The run's :class:`TrainResult` (its metrics rows are those of ``metrics.jsonl``).
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    if cfg.resume:
+        check_resumable(cfg, out)
+    else:
+        _fresh_start(out)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    write_run_metadata(out, cfg, seed=cfg.seed)
+    start = time.perf_counter()
+    runner = _Runner(cfg)
+    phases = _plan(cfg)
+    runner.result.phases = [p.name for p in phases]
+    offset = 0
+    stale_from: Path | None = None  # a skipped (finished) phase's model the next phase starts from
+    for i, phase in enumerate(phases):
+        if (out / "phases" / phase.name / "done.json").is_file():
+            final = i == len(phases) - 1
+            stale_from = out / "model" if final else out / "phases" / phase.name / "model"
+        elif stale_from is not None:
+            runner.model, _ = load_model_and_tokenizer(
+                str(stale_from), dtype=cfg.dtype, device=cfg.device
+            )
+            stale_from = None
+        offset += runner.run_phase(phase, offset, first=i == 0)
+    runner.result.seconds = round(time.perf_counter() - start, 2)
+    runner.result.metrics = read_metrics(out / "metrics.jsonl")
+    return runner.result

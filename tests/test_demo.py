@@ -1,0 +1,53 @@
+"""``factkeep demo`` end to end on a tiny world: every stage runs, then everything is reused."""
+
+from __future__ import annotations
+
+import json
+
+from factkeep.cli import main
+
+TINY = [
+    "world.n_first_names=20",
+    "world.n_last_names=30",
+    "world.values_per_relation=25",
+    "world.n_qa=20",
+    "world.n_bio=10",
+    "world.n_unseen=20",
+    "world.warmup_epochs=0",
+    "world.bio_only_copies=1",
+    "model.hidden_size=64",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.intermediate_size=128",
+    "pretrain.epochs=120",
+    "pretrain.batch_size=8",
+    "pretrain.block_size=64",
+    "pretrain.lr=1e-2",
+    "n_train=20",
+    "n_held=10",
+    "n_dev=4",
+    "methods=[sft,self_distill]",
+    "train_overrides=[optim.epochs=2]",
+]
+
+
+def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", f"out={out}", *TINY]) == 0
+    text = capsys.readouterr().out
+    for stage in ("1/4", "2/4", "3/4", "4/4 training 1/2", "4/4 training 2/2"):
+        assert f"[demo] {stage}" in text
+    summary = (out / "summary.md").read_text()
+    assert "| sft |" in summary and "| self_distill |" in summary
+    for method in ("sft", "self_distill"):
+        results = json.loads((out / "runs" / method / "results.json").read_text())
+        assert results["method"] == method
+        assert set(results["final"]) == {"d_known", "d_unknown", "d_held"}
+    assert (out / "split" / "d_held.jsonl").is_file()
+
+    stamp = (out / "runs" / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert main(["demo", f"out={out}", *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "reusing the probe results" in text
+    assert text.count("[demo] reusing") == 3  # probe + both runs
+    assert (out / "runs" / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp

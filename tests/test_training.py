@@ -1,0 +1,273 @@
+"""``factkeep train`` end to end on a tiny random model: methods, files, freezing, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from factkeep.cli import main
+from factkeep.data.facts import write_facts
+from factkeep.data.world import WorldSpec, build_world
+from factkeep.models.tiny import TinyModelConfig, build_tiny_model
+from factkeep.models.tokenizer import build_word_tokenizer
+from factkeep.training.examples import QACollator, QADataset, encode_fact
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "src" / "factkeep" / "configs"
+SMALL = WorldSpec(
+    n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=12, n_bio=8, n_unseen=8
+)
+FAST = ["optim.epochs=2", "optim.batch_size=8", "eval.max_new_tokens=3", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    world = build_world(SMALL)
+    tok = build_word_tokenizer(world.vocabulary_texts())
+    for family in ("llama", "gpt2"):
+        shape = TinyModelConfig(
+            family=family, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64
+        )
+        model = build_tiny_model(shape, tok, seed=0)
+        model.save_pretrained(root / family)
+        tok.save_pretrained(root / family)
+    facts = world.facts()
+    by_pop: dict[str, list] = {}
+    for f in facts:
+        by_pop.setdefault(f.meta["population"], []).append(f)
+    splits = root / "splits"
+    splits.mkdir()
+    write_facts(splits / "d_known.jsonl", by_pop["qa"][:24])
+    write_facts(splits / "d_unknown.jsonl", by_pop["unseen"][:24])
+    write_facts(splits / "d_held.jsonl", by_pop["bio"][:16])
+    write_facts(splits / "dev.jsonl", by_pop["bio"][16:24])
+    return {"llama": root / "llama", "gpt2": root / "gpt2", "splits": splits}
+
+
+def _args(files: dict[str, Path], out: Path, config: str | None, *extra: str) -> list[str]:
+    args = ["train", f"model={files['llama']}", f"data.splits={files['splits']}", f"out={out}"]
+    if config:
+        args += ["--config", config]
+    return [*args, *FAST, *extra]
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_examples_mask_the_prompt_and_end_with_eos(files) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(files["llama"])
+    from factkeep.data.facts import read_facts
+
+    fact = read_facts(files["splits"] / "d_known.jsonl")[0]
+    ex = encode_fact(tok, fact)
+    answer = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
+    assert tok.decode(answer[:-1]).strip() == fact.answers[0].lower()
+    assert answer[-1] == tok.eos_token_id
+    assert ex["labels"][0] == -100
+    batch = QACollator(tok.pad_token_id)([ex, encode_fact(tok, read_facts(
+        files["splits"] / "d_unknown.jsonl")[0])])  # fmt: skip
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    pad = batch["attention_mask"] == 0
+    assert (batch["labels"][pad] == -100).all()
+    assert len(QADataset.from_facts(tok, [fact])) == 1
+
+
+def test_sft_end_to_end_writes_the_run_folder(files, tmp_path, capsys) -> None:
+    out = tmp_path / "sft"
+    assert main(_args(files, out, "sft")) == 0
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "results.json", "model"):
+        assert (out / name).exists(), name
+    rows = _metrics(out)
+    assert rows[0]["step"] == 0  # the starting model is evaluated
+    assert {r["phase"] for r in rows} == {"main"}
+    assert len(rows) == 3  # start + 2 epochs
+    for r in rows:
+        assert set(r["acc"]) == {"d_known", "d_unknown", "d_held"}
+        assert all(0.0 <= v <= 1.0 for v in r["acc"].values())
+        sample_file = out / "samples" / f"step-{r['step']:06d}.jsonl"
+        lines = sample_file.read_text().splitlines()
+        assert len(lines) == sum(r["n"].values())
+    res = _results(out)
+    assert res["method"] == "sft" and res["teacher_forwards"] == 0
+    assert res["trainable_parameters"] == res["total_parameters"] > 0
+    assert res["forgetting"] is not None and 0.0 <= res["forgetting"] <= 1.0
+    history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    AutoTokenizer.from_pretrained(out / "model")
+    assert "forgetting of d_held" in capsys.readouterr().out
+
+
+def test_self_distill_runs_both_phases_with_the_snapshot_teacher(files, tmp_path) -> None:
+    out = tmp_path / "sd"
+    assert main(_args(files, out, "self_distill", "optim.epochs=1")) == 0
+    rows = _metrics(out)
+    assert [r["phase"] for r in rows] == ["format", "format", "main"]
+    assert rows[-1]["step"] == 3 + 6  # 24 known facts / 8, then 48 facts / 8
+    assert (out / "phases" / "format" / "model" / "config.json").is_file()
+    res = _results(out)
+    assert res["phases"] == ["format", "main"]
+    assert res["teacher_forwards"] == 6  # once per main-phase batch, never in the format phase
+    history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
+    assert any("train_loss_kl_to_teacher" in h for h in history)
+
+
+@pytest.mark.parametrize("config", ["l2_anchor", "kl_to_base", "ewc", "label_smoothing"])
+def test_controls_run(files, tmp_path, config) -> None:
+    out = tmp_path / config
+    assert main(_args(files, out, config, "optim.epochs=1")) == 0
+    res = _results(out)
+    assert res["method"] == config
+    assert all(math.isfinite(v) for v in res["final"].values())
+
+
+def test_l2_control_matches_the_kl_gradient_norm(files, tmp_path) -> None:
+    out = tmp_path / "l2"
+    assert main(_args(files, out, "l2_anchor", "optim.epochs=2", "optim.lr=1e-3")) == 0
+    history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
+    mus = [h["l2_mu"] for h in history if "l2_mu" in h]
+    assert mus and mus[-1] > 0 and mus[-1] != 0.0
+
+
+def test_replay_patch_and_early_stopping(files, tmp_path) -> None:
+    out = tmp_path / "replay"
+    assert main(_args(files, out, "replay", "optim.epochs=1")) == 0
+    # 24 unknown + 24 replayed known (fraction 0.5) = 48 examples = 6 steps
+    assert _metrics(out)[-1]["step"] == 6
+    out = tmp_path / "patch"
+    assert main(_args(files, out, "known_patch", "optim.epochs=1", "replay.patch_epochs=1")) == 0
+    assert [r["phase"] for r in _metrics(out)] == ["main", "main", "patch"]
+    out = tmp_path / "early"
+    args = _args(files, out, "early_stopping", "optim.epochs=6", "eval.patience=1")
+    assert main(args) == 0
+    res = _results(out)
+    rows = _metrics(out)
+    assert "dev" in rows[0]["acc"]
+    if res["stopped_early_at"] is not None:
+        assert rows[-1]["step"] < 6 * 6
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(files, tmp_path) -> None:
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    assert main(_args(files, out, "lora", "optim.epochs=1")) == 0
+    res = _results(out)
+    assert 0 < res["trainable_parameters"] < res["total_parameters"]
+    weights = load_file(out / "model" / "model.safetensors")
+    assert not any("lora" in k for k in weights)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_attention_only_leaves_everything_else_bit_identical(files, tmp_path, family) -> None:
+    out = tmp_path / f"att_{family}"
+    args = _args(files, out, "freeze_attention_only", f"model={files[family]}", "optim.lr=1e-2")
+    assert main(args) == 0
+    before = load_file(files[family] / "model.safetensors")
+    after = load_file(out / "model" / "model.safetensors")
+    attention = ("self_attn.", ".attn.")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing trained"
+    assert all(any(a in k for a in attention) for k in changed), changed
+    res = _results(out)
+    assert 0 < res["trainable_parameters"] < res["total_parameters"]
+
+
+def test_same_seed_same_metrics(files, tmp_path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(_args(files, a, "sft", "optim.lr=1e-2")) == 0
+    assert main(_args(files, b, "sft", "optim.lr=1e-2")) == 0
+    assert _metrics(a) == _metrics(b)
+    assert (a / "samples" / "step-000006.jsonl").read_text() == (
+        b / "samples" / "step-000006.jsonl"
+    ).read_text()
+
+
+def test_sigkill_then_resume_reaches_the_same_final_metrics(files, tmp_path) -> None:
+    extra = ["optim.epochs=4", "optim.lr=1e-2", "save_every_steps=2", "save_total_limit=10"]
+    ref = tmp_path / "ref"
+    assert main(_args(files, ref, "self_distill", *extra)) == 0
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "factkeep", *_args(files, out, "self_distill", *extra)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = out / "checkpoints" / "main" / "checkpoint-8" / "trainer_state.json"
+    deadline = time.time() + 120
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    assert main(_args(files, out, "self_distill", *extra)) == 0
+    assert _metrics(out) == _metrics(ref)
+    assert _results(out)["final"] == _results(ref)["final"]
+
+
+def test_resuming_with_another_config_is_refused(files, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(_args(files, out, "sft", "optim.epochs=1")) == 0
+    assert main(_args(files, out, "sft", "optim.epochs=1", "optim.lr=5e-4")) != 0
+    assert "different config" in capsys.readouterr().err
+    assert main(_args(files, out, "sft", "optim.epochs=1", "optim.lr=5e-4", "resume=false")) == 0
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(files, tmp_path, capsys) -> None:
+    out = tmp_path / "nan"
+    assert main(_args(files, out, "sft", "optim.lr=1e30", "optim.grad_clip=0")) != 0
+    assert "non-finite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["loss.kl_weight=1"], "need a teacher"),
+        (["teacher.kind=snapshot", "loss.kl_weight=1"], "format phase"),
+        (["freeze.train=[bogus]"], "bogus"),
+        (["data.train=[nope]"], "nope.jsonl"),
+        (['model=""'], "model= is required"),
+    ],
+)
+def test_bad_options_exit_nonzero_with_a_message(files, tmp_path, capsys, extra, message) -> None:
+    out = tmp_path / "bad"
+    assert main(_args(files, out, None, *extra)) != 0
+    assert message in capsys.readouterr().err
+    assert not (out / "model").exists()
+
+
+def test_shipped_configs_are_valid(files) -> None:
+    from factkeep.config import resolve_config
+    from factkeep.training.config import TrainCommandConfig
+
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert {"sft", "known_only", "self_distill", "freeze_attention_only", "l2_anchor"} <= set(names)
+    for name in names:
+        cfg = resolve_config(TrainCommandConfig, str(CONFIGS / f"{name}.yaml"), ["model=x"])
+        cfg.validate()
+        assert cfg.method == name
+        assert yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["method"] == name
