@@ -133,7 +133,9 @@ def test_self_distill_runs_both_phases_with_the_snapshot_teacher(files, tmp_path
     assert any("train_loss_kl_to_teacher" in h for h in history)
 
 
-@pytest.mark.parametrize("config", ["l2_anchor", "kl_to_base", "ewc", "label_smoothing"])
+@pytest.mark.parametrize(
+    "config", ["known_only", "freeze_ffn_only", "l2_anchor", "kl_to_base", "ewc", "label_smoothing"]
+)
 def test_controls_run(files, tmp_path, config) -> None:
     out = tmp_path / config
     assert main(_args(files, out, config, "optim.epochs=1")) == 0
