@@ -377,7 +377,9 @@ def test_kl_positions_mask():
     answer = kl_positions_mask(attention, labels, "answer")
     assert answer.tolist() == [[False, False, True, True, False]]
     assert torch.equal(answer, answer_mask(labels))
+    prompt = kl_positions_mask(attention, labels, "prompt")
+    assert prompt.tolist() == [[True, True, False, False, False]]
     with pytest.raises(ValueError):
-        kl_positions_mask(attention, labels, "prompt")  # type: ignore[arg-type]
+        kl_positions_mask(attention, labels, "bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         kl_positions_mask(attention[:, :-1], labels, "all")

@@ -273,3 +273,15 @@ def test_shipped_configs_are_valid(files) -> None:
         cfg.validate()
         assert cfg.method == name
         assert yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["method"] == name
+
+
+def test_ema_teacher_follows_the_student_and_is_checkpointed(files, tmp_path) -> None:
+    out = tmp_path / "ema"
+    extra = ["teacher.kind=ema", "teacher.ema_decay=0.5", "loss.kl_positions=prompt"]
+    assert main(_args(files, out, "self_distill", "optim.lr=1e-2", *extra)) == 0
+    checkpoints = sorted((out / "checkpoints" / "main").glob("checkpoint-*"))
+    assert checkpoints and all((c / "ema_teacher" / "config.json").is_file() for c in checkpoints)
+    snapshot = load_file(out / "phases" / "format" / "model" / "model.safetensors")
+    ema = load_file(checkpoints[-1] / "ema_teacher" / "model.safetensors")
+    assert any(not torch.equal(snapshot[k], ema[k]) for k in snapshot)
+    assert _results(out)["teacher_forwards"] == 12  # 2 epochs x 6 batches

@@ -54,9 +54,9 @@ IGNORE_INDEX = -100
 """Label value of positions that are not targets (the Hugging Face / PyTorch convention)."""
 
 KLDirection = Literal["forward", "reverse"]
-KLPositions = Literal["all", "answer"]
+KLPositions = Literal["all", "answer", "prompt"]
 _DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
-_POSITIONS: tuple[str, ...] = ("all", "answer")
+_POSITIONS: tuple[str, ...] = ("all", "answer", "prompt")
 
 
 def _graph_zero(tensor: Tensor) -> Tensor:
@@ -119,7 +119,9 @@ def kl_positions_mask(
         attention_mask_shifted: ``(B, T)`` shifted mask (see :func:`shift_attention_mask`).
         labels_shifted: ``(B, T)`` shifted labels.
         positions: ``"all"``: every non-pad position (``attention_mask_shifted == 1``), prompt
-            included; ``"answer"``: only the answer positions (``labels_shifted != -100``).
+            included; ``"answer"``: only the answer positions (``labels_shifted != -100``);
+            ``"prompt"``: the non-pad positions that are not answer positions (the KL then never
+            opposes the cross-entropy on the answers).
 
     Returns:
         ``(B, T)`` bool mask.
@@ -136,6 +138,8 @@ def kl_positions_mask(
         )
     if positions == "all":
         return attention_mask_shifted.bool()
+    if positions == "prompt":
+        return attention_mask_shifted.bool() & ~answer_mask(labels_shifted)
     return answer_mask(labels_shifted)
 
 

@@ -111,7 +111,7 @@ class KLToTeacher(LossTerm):
 
     weight: float = 1.0
     temperature: float = 0.5
-    positions: Literal["all", "answer"] = "all"
+    positions: Literal["all", "answer", "prompt"] = "all"
     direction: Literal["forward", "reverse"] = "forward"
     top_k: int | None = None
     chunk_size: int | None = None

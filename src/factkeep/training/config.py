@@ -71,8 +71,8 @@ class LossConfig:
     label_smoothing: float = help_field(0.0, "Label smoothing of the cross-entropy.")
     kl_weight: float = help_field(0.0, "lambda of lambda*tau^2*KL to the teacher (0 = off).")
     temperature: float = help_field(0.5, "tau: softmax temperature of the KL.")
-    kl_positions: Literal["all", "answer"] = help_field(
-        "all", "KL over all non-pad positions or answer tokens only."
+    kl_positions: Literal["all", "answer", "prompt"] = help_field(
+        "all", "KL over all non-pad positions, answer tokens only, or prompt tokens only."
     )
     kl_direction: Literal["forward", "reverse"] = help_field(
         "forward", "forward: KL(teacher || student) (the paper); reverse: KL(student || teacher)."
