@@ -35,7 +35,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", f"out={out}", *TINY]) == 0
     text = capsys.readouterr().out
-    for stage in ("1/4", "2/4", "3/4", "4/4 training 1/2", "4/4 training 2/2"):
+    for stage in ("1/5", "2/5", "3/5", "4/5 training 1/2", "4/5 training 2/2", "5/5 report"):
         assert f"[demo] {stage}" in text
     summary = (out / "summary.md").read_text()
     assert "| sft |" in summary and "| self_distill |" in summary
@@ -44,6 +44,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
         assert results["method"] == method
         assert set(results["final"]) == {"d_known", "d_unknown", "d_held"}
     assert (out / "split" / "d_held.jsonl").is_file()
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "self_distill" in html
+    assert (out / "report.md").is_file()
 
     stamp = (out / "runs" / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
     assert main(["demo", f"out={out}", *TINY]) == 0

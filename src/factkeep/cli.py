@@ -58,8 +58,16 @@ COMMANDS: dict[str, Command] = {
         config="factkeep.training.config:TrainCommandConfig",
         runner="factkeep.study.train:run_train",
     ),
-    "eval": Command("Accuracy per split, relation and category.", pending="evaluation"),
-    "report": Command("HTML/Markdown report with plots from run folders.", pending="reports"),
+    "eval": Command(
+        "Accuracy per split, relation and category.",
+        config="factkeep.study.eval:EvalCommandConfig",
+        runner="factkeep.study.eval:run_eval",
+    ),
+    "report": Command(
+        "HTML/Markdown report with plots from run folders.",
+        config="factkeep.study.report:ReportCommandConfig",
+        runner="factkeep.study.report:run_report",
+    ),
     "analyze": Command(
         "The mechanism study: capacity vs behaviour cloning vs interference.",
         pending="the mechanism study",

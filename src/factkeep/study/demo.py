@@ -7,7 +7,9 @@ Stages (each cached in ``out``, so a second run only redoes what changed):
 3. ``split``: D_known / D_unknown / D_held / dev (``out/split``);
 4. ``train``: each method of ``methods`` with its shipped config (``out/runs/<method>``);
 
-then a comparison table (method x accuracy on D_known / D_unknown / D_held, forgetting) is printed
+5. ``report``: ``out/report.html`` (self-contained, plots embedded) and ``out/report.md``;
+
+and the comparison table (method x accuracy on D_known / D_unknown / D_held, forgetting) is printed
 and saved as ``out/summary.md``.
 
 Example::
@@ -108,13 +110,14 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
 
 def run_demo(cfg: DemoConfig) -> int:
     """Run ``factkeep demo``: returns the exit code."""
+    from factkeep.eval.report import build_report, load_run
     from factkeep.study.train import train_summary
     from factkeep.training.run import check_resumable, train
 
     t0 = time.time()
     out = Path(cfg.out)
     world_dir = out / "world"
-    print(f"[demo] 1/4 synthetic world and its pretrained model -> {world_dir}")
+    print(f"[demo] 1/5 synthetic world and its pretrained model -> {world_dir}")
     world_cfg = WorldCommandConfig(
         out=str(world_dir),
         world=cfg.world,
@@ -131,7 +134,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
     probe_dir = out / "probe"
     probe_key = _key([model_key, cfg.probe_preset])
-    print(f"\n[demo] 2/4 probing what the model knows ({cfg.probe_preset} preset) -> {probe_dir}")
+    print(f"\n[demo] 2/5 probing what the model knows ({cfg.probe_preset} preset) -> {probe_dir}")
     if _cached(probe_dir, probe_key, "categories.jsonl"):
         print("[demo] reusing the probe results (same model and protocol)")
     else:
@@ -159,7 +162,7 @@ def run_demo(cfg: DemoConfig) -> int:
         held_disjoint_answers=False,
         seed=cfg.seed,
     )
-    print(f"\n[demo] 3/4 splits -> {split_dir}")
+    print(f"\n[demo] 3/5 splits -> {split_dir}")
     code = run_split(split_cfg)
     if code:
         return code
@@ -167,7 +170,7 @@ def run_demo(cfg: DemoConfig) -> int:
     results: dict[str, dict[str, Any]] = {}
     for i, method in enumerate(cfg.methods, 1):
         run_dir = out / "runs" / method
-        print(f"\n[demo] 4/4 training {i}/{len(cfg.methods)}: {method} -> {run_dir}")
+        print(f"\n[demo] 4/5 training {i}/{len(cfg.methods)}: {method} -> {run_dir}")
         train_cfg = resolve_config(
             TrainCommandConfig,
             resolve_config_path(method),
@@ -200,7 +203,11 @@ def run_demo(cfg: DemoConfig) -> int:
 
     table = comparison_table(results)
     atomic_write_text(out / "summary.md", table + "\n")
+    report = out / "report.html"
+    print(f"\n[demo] 5/5 report -> {report}")
+    runs = [load_run(out / "runs" / m) for m in cfg.methods]
+    build_report(runs, report, title="factkeep demo: learning new facts vs forgetting known ones")
     print(f"\n[demo] done in {time.time() - t0:.0f} s. Final accuracy and forgetting:\n")
     print(table)
-    print(f"\nTable in {out / 'summary.md'}; runs in {out / 'runs'}")
+    print(f"\nReport: {report} (and {report.with_suffix('.md')}); runs in {out / 'runs'}")
     return 0

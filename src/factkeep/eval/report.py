@@ -1,0 +1,432 @@
+"""Reports over training run folders: comparison table, plots, an HTML file and its Markdown twin.
+
+A run folder is what ``factkeep train`` writes (``config.yaml``, ``metrics.jsonl``,
+``samples/step-N.jsonl``, ``results.json``). Runs are grouped into rows by method; runs of a method
+whose settings differ from the method's shipped config (another λ = ``loss.kl_weight``, another
+temperature, frozen embeddings, ...) form their own row, named after the difference
+(``self_distill (λ=5)``). Seeds are ignored, so the runs of a row are its seeds.
+
+Example::
+
+    runs = [load_run(p) for p in discover_runs(["runs/demo/runs"])]
+    build_report(runs, Path("report/report.html"), "demo")  # + report/report.md, report_files/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from factkeep.eval.document import Block, html_document, markdown_document, md_table
+from factkeep.eval.metrics import summarize_run
+from factkeep.eval.plots import (
+    METHOD_COLORS,
+    PlotGroup,
+    frontier_png,
+    learning_curves_png,
+    method_color,
+    transitions_png,
+)
+from factkeep.eval.transitions import run_transitions
+from factkeep.rundir import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "COLUMNS",
+    "ComparisonRow",
+    "RunData",
+    "Stat",
+    "build_report",
+    "comparison_markdown",
+    "comparison_rows",
+    "discover_runs",
+    "load_run",
+    "plot_groups",
+    "variant_text",
+]
+
+COLUMNS = (
+    ("d_known", "D_known"),
+    ("d_unknown", "D_unknown"),
+    ("d_held", "D_held"),
+    ("forgetting", "forgetting"),
+)
+"""Table columns: key (a split's final accuracy, or ``forgetting``) and heading."""
+
+# Options that do not change what a run learns (paths, bookkeeping, evaluation schedule).
+_IGNORED = {
+    *("method", "seed", "out", "model", "gguf_file", "dtype", "device", "threads", "progress"),
+    *("resume", "report_to", "save_every_steps", "save_total_limit", "log_every_steps"),
+    *("data.splits", "data.eval", "eval.every_steps", "eval.each_epoch", "eval.at_start"),
+    *("eval.batch_size", "eval.max_new_tokens"),
+}
+_SHORT = {"loss.kl_weight": "λ", "loss.temperature": "τ", "freeze.freeze": "frozen"}
+
+
+@dataclass
+class RunData:
+    """Everything a report needs from one run folder.
+
+    Attributes:
+        path: the run folder.
+        config: ``config.yaml`` as a nested dict (empty if absent).
+        results: ``results.json``, or a summary of ``metrics.jsonl`` while the run has none.
+        metrics: the rows of ``metrics.jsonl``.
+        transitions: ``{split: {kind: count}}`` between the first and last evaluation.
+        complete: whether the run wrote its ``results.json``.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    results: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    transitions: dict[str, dict[str, int]]
+    complete: bool
+
+    @property
+    def method(self) -> str:
+        """The run's method name (``results.json``, else ``config.yaml``)."""
+        return str(self.results.get("method") or self.config.get("method") or "custom")
+
+    @property
+    def seed(self) -> int | None:
+        """The run's seed, if recorded."""
+        seed = self.results.get("seed", self.config.get("seed"))
+        return None if seed is None else int(seed)
+
+    @property
+    def kl_weight(self) -> float | None:
+        """λ (``loss.kl_weight``) of the run, if its config has one."""
+        value = (self.config.get("loss") or {}).get("kl_weight")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None for a single value) of a column over runs."""
+
+    mean: float
+    sd: float | None
+    n: int
+
+    def percent(self, digits: int = 1) -> str:
+        """``"57.4 ± 0.6"``: the fraction as a percentage."""
+        text = f"{100 * self.mean:.{digits}f}"
+        return text if self.sd is None else f"{text} ± {100 * self.sd:.{digits}f}"
+
+
+@dataclass
+class ComparisonRow:
+    """One row of the comparison table: a method (or method variant) over its seeds."""
+
+    label: str
+    method: str
+    variant: dict[str, Any]
+    runs: list[RunData]
+    cells: dict[str, Stat | None] = field(default_factory=dict)
+
+    @property
+    def kl_weight(self) -> float | None:
+        """λ shared by the row's runs (None if they have none)."""
+        return self.runs[0].kl_weight
+
+
+def _has_train_results(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("final"), dict)
+
+
+def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Find run folders: each path is a run folder or a folder searched recursively for them.
+
+    A run folder has ``metrics.jsonl`` or a training ``results.json``; it is not searched further.
+    Hidden folders and nonexistent paths are skipped.
+
+    Returns:
+        The run folders in the order of ``paths``, each path's runs sorted, without duplicates.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for start in map(Path, paths):
+        runs: list[Path] = []
+        for here, subdirs, _ in os.walk(start):
+            folder = Path(here)
+            if (folder / "metrics.jsonl").is_file() or _has_train_results(folder):
+                runs.append(folder)
+                subdirs.clear()
+            else:
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for run in sorted(runs):
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                found.append(run)
+    return found
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run folder; a run without ``results.json`` yet is summarised from its metrics."""
+    path = Path(run_dir)
+    config: dict[str, Any] = {}
+    if (path / "config.yaml").is_file():
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    metrics = []
+    if (path / "metrics.jsonl").is_file():
+        lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        metrics = [json.loads(line) for line in lines if line.strip()]
+    complete = _has_train_results(path)
+    if complete:
+        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    else:
+        results = {"method": config.get("method"), "seed": config.get("seed")}
+        results.update(summarize_run(metrics))
+    return RunData(path, config, results, metrics, run_transitions(path), complete)
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif f"{prefix}{key}" not in _IGNORED:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _reference(method: str, runs: Sequence[RunData]) -> dict[str, Any]:
+    """The settings a method's plain row stands for: its shipped config, else its commonest one."""
+    try:
+        from factkeep.config import config_to_dict, resolve_config
+        from factkeep.configs import CONFIG_DIR
+        from factkeep.training.config import TrainCommandConfig
+
+        shipped = CONFIG_DIR / f"{method}.yaml"
+        if shipped.is_file():
+            return _flatten(config_to_dict(resolve_config(TrainCommandConfig, shipped)))
+    except (ImportError, ValueError, OSError):  # another version's config: use the runs
+        pass
+    flats = [json.dumps(_flatten(r.config), sort_keys=True) for r in runs]
+    return dict(json.loads(max(flats, key=flats.count))) if flats else {}
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(_value_text, value)) or "none"
+    return str(value)
+
+
+def variant_text(variant: Mapping[str, Any]) -> str:
+    """``"λ=5, τ=0.25"``: a variant's settings, λ first."""
+    keys = sorted(variant, key=lambda k: (k != "loss.kl_weight", k != "loss.temperature", k))
+    names = {k: _SHORT.get(k, k.removeprefix("loss.").removeprefix("optim.")) for k in keys}
+    return ", ".join(f"{names[k]}={_value_text(variant[k])}" for k in keys)
+
+
+def _stat(values: Sequence[float]) -> Stat | None:
+    if not values:
+        return None
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), sd, len(values))
+
+
+def comparison_rows(runs: Sequence[RunData]) -> list[ComparisonRow]:
+    """Group runs into the rows of the comparison table (like the paper's Table 1).
+
+    Runs are grouped by method and by how their settings differ from the method's shipped config
+    (e.g. a non-default λ); each cell is the mean and sample standard deviation over the row's runs
+    of a split's final accuracy or of the forgetting of D_held. Rows follow the shipped methods'
+    order, then λ.
+    """
+    by_method: dict[str, list[RunData]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    rows: dict[tuple[str, str], ComparisonRow] = {}
+    for method, method_runs in by_method.items():
+        reference = _reference(method, method_runs)
+        for run in method_runs:
+            flat = _flatten(run.config)
+            variant = {k: v for k, v in flat.items() if k in reference and v != reference[k]}
+            text = variant_text(variant)
+            label = f"{method} ({text})" if text else method
+            row = rows.setdefault((method, text), ComparisonRow(label, method, variant, []))
+            row.runs.append(run)
+    order = list(METHOD_COLORS)
+
+    def sort_key(row: ComparisonRow) -> tuple[Any, ...]:
+        rank = order.index(row.method) if row.method in order else len(order)
+        return (rank, row.method, row.kl_weight or 0.0, row.label)
+
+    out = sorted(rows.values(), key=sort_key)
+    for row in out:
+        for key, _ in COLUMNS:
+            if key == "forgetting":
+                values = [r.results.get("forgetting") for r in row.runs]
+            else:
+                values = [(r.results.get("final") or {}).get(key) for r in row.runs]
+            row.cells[key] = _stat([float(v) for v in values if v is not None])
+    return out
+
+
+TABLE_HEADER = ["method", *(f"{name} (%)" for _, name in COLUMNS), "runs"]
+UNFINISHED = "† a run of this row has no results.json yet: its last evaluation is used."
+
+
+def table_cells(row: ComparisonRow) -> list[str]:
+    """The row as text cells: label (``†`` if a run is unfinished), each column, number of runs."""
+    cells = [c.percent() if c else "—" for c in (row.cells.get(k) for k, _ in COLUMNS)]
+    mark = "" if all(r.complete for r in row.runs) else " †"
+    return [row.label + mark, *cells, str(len(row.runs))]
+
+
+def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
+    """The comparison table as Markdown (accuracy and forgetting in %, mean ± sd over seeds)."""
+    return md_table(TABLE_HEADER, [table_cells(r) for r in rows])
+
+
+def plot_groups(rows: Sequence[ComparisonRow]) -> list[PlotGroup]:
+    """The rows as plot groups; rows of a method that differ only in λ form a sweep."""
+    groups = []
+    for row in rows:
+        rest = {k: v for k, v in row.variant.items() if k != "loss.kl_weight"}
+        done = [
+            r
+            for r in row.runs
+            if r.results.get("forgetting") is not None and "d_unknown" in r.results["final"]
+        ]
+        groups.append(
+            PlotGroup(
+                label=row.label,
+                method=row.method,
+                kl_weight=row.kl_weight,
+                sweep=f"{row.method}|{variant_text(rest)}" if row.kl_weight is not None else None,
+                note=variant_text(row.variant),
+                metrics=[r.metrics for r in row.runs],
+                forgetting=[float(r.results["forgetting"]) for r in done],
+                unknown=[float(r.results["final"]["d_unknown"]) for r in done],
+                transitions=[r.transitions for r in row.runs],
+            )
+        )
+    return groups
+
+
+def _details(rows: Sequence[ComparisonRow]) -> list[list[str]]:
+    """One line per run: row, folder, seed, λ, steps, seconds, trainable parameters, status."""
+    out = []
+    for row in rows:
+        for run in row.runs:
+            r = run.results
+            trainable, total = r.get("trainable_parameters"), r.get("total_parameters")
+            params = "—" if trainable is None else f"{trainable:,}"
+            if trainable is not None and total:
+                params += f" ({100 * trainable / total:.0f}%)"
+            status = "done" if run.complete else "unfinished"
+            if r.get("stopped_early_at") is not None:
+                status = f"stopped early (step {r['stopped_early_at']})"
+            seconds, kl, seed = r.get("seconds"), run.kl_weight, run.seed
+            out.append(
+                [
+                    row.label,
+                    str(run.path),
+                    "—" if seed is None else str(seed),
+                    "—" if kl is None else _value_text(kl),
+                    str(r.get("steps", "—")),
+                    "—" if seconds is None else f"{seconds:.0f}",
+                    params,
+                    status,
+                ]
+            )
+    return out
+
+
+_NOTES = [
+    "D_known / D_unknown: training facts the model knew / did not know before fine-tuning. "
+    "D_held: known facts held out from training; they measure forgetting.",
+    "Accuracy: greedy closed-book answer, exact match, after the last training step.",
+    "Forgetting: relative decline of D_held accuracy from its peak during training, "
+    "(peak − final) / peak.",
+    "A row is a method; runs whose settings differ from the method's shipped config (e.g. λ, the "
+    "weight of the distillation term) form their own row. Cells are the mean ± sample standard "
+    "deviation over the row's runs (seeds) when it has several.",
+]
+_CAPTIONS = {
+    "frontier.png": "Each large point is a row (small points: its runs). Up is more new facts "
+    "learned, left is less forgetting; lines join rows that differ only in λ.",
+    "learning_curves.png": "Accuracy on each set along training (mean over a row's runs; the "
+    "band spans its runs).",
+    "transitions.png": "Share of facts by their answer at the first evaluation (the starting "
+    "model) and at the last one (mean over a row's runs).",
+}
+_DETAILS = ["row", "run folder", "seed", "λ", "steps", "seconds", "trainable params", "status"]
+
+
+def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
+    """The report's content: metric notes, the table, the three figures and the run details."""
+    groups = plot_groups(rows)
+    colours = [method_color(r.method) for r in rows]
+    run_colours = [method_color(row.method) for row in rows for _ in row.runs]
+    unfinished = any(not run.complete for row in rows for run in row.runs)
+    figures = {
+        "frontier.png": frontier_png(groups),
+        "learning_curves.png": learning_curves_png(groups),
+        "transitions.png": transitions_png(groups),
+    }
+    titles = ["Learning vs forgetting", "Learning curves", "Fact transitions"]
+    return [
+        ("h2", "What is measured"),
+        ("ul", _NOTES),
+        ("h2", "Comparison"),
+        ("table", TABLE_HEADER, [table_cells(r) for r in rows], colours),
+        *([("p", UNFINISHED)] if unfinished else []),
+        *[
+            block
+            for title, (name, png) in zip(titles, figures.items(), strict=True)
+            for block in (("h2", title), ("img", name, _CAPTIONS[name], png))
+        ],
+        ("h2", "Runs"),
+        ("table", _DETAILS, _details(rows), run_colours),
+    ]
+
+
+def build_report(runs: Sequence[RunData], out_html: Path, title: str = "factkeep report") -> None:
+    """Write a self-contained HTML report and its Markdown twin.
+
+    Args:
+        runs: the runs to compare (see :func:`load_run`).
+        out_html: the HTML file; the Markdown twin is written beside it with the suffix ``.md``,
+            its images as PNG files in ``<stem>_files/``.
+        title: the report's title.
+
+    Raises:
+        ValueError: if ``runs`` is empty.
+    """
+    if not runs:
+        raise ValueError("a report needs at least one run")
+    out_html = Path(out_html)
+    rows = comparison_rows(runs)
+    blocks = report_blocks(rows)
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    methods = len({r.method for r in runs})
+    meta = f"{len(runs)} runs · {methods} methods · {len(rows)} rows · generated {when}"
+    files = f"{out_html.stem}_files"
+    written = [out_html, out_html.with_suffix(".md")]
+    for kind, *args in blocks:
+        if kind == "img":
+            written.append(out_html.parent / files / args[0])
+            atomic_write_bytes(written[-1], args[2])
+    atomic_write_text(written[1], markdown_document(blocks, title, meta, files))
+    atomic_write_text(written[0], html_document(blocks, title, meta))
+    for path in written:
+        path.chmod(0o644)

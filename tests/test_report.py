@@ -1,0 +1,258 @@
+"""``factkeep report``: transitions, run discovery, the comparison table and the report files.
+
+The run folders are written by hand: sft and self_distill (λ=1) with two seeds each, and
+self_distill with λ=5, each evaluated at steps 0, 10 and 20 on 10 facts per split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factkeep.cli import main
+from factkeep.eval.metrics import summarize_run
+from factkeep.eval.report import build_report, comparison_rows, discover_runs, load_run
+from factkeep.eval.transitions import (
+    read_samples,
+    run_sample_files,
+    run_transitions,
+    transition_counts,
+)
+
+STEPS = (0, 10, 20)
+SPLITS = ("d_known", "d_unknown", "d_held")
+N = 10  # facts per split
+
+# folder: (method, seed, λ, accuracy at each step on d_known, d_unknown, d_held)
+RUNS = {
+    "sft_s0": ("sft", 0, 0.0, [1, 1, 1], [0, 0.5, 0.9], [0.9, 0.8, 0.5]),
+    "sft_s1": ("sft", 1, 0.0, [1, 0.9, 1], [0, 0.6, 1], [0.9, 0.7, 0.6]),
+    "sd_s0": ("self_distill", 0, 1.0, [1, 1, 1], [0, 0.4, 0.8], [0.9, 0.8, 0.7]),
+    "sd_s1": ("self_distill", 1, 1.0, [1, 1, 1], [0.1, 0.5, 0.9], [1, 0.9, 0.8]),
+    "sweep/sd_l5": ("self_distill", 0, 5.0, [1, 1, 1], [0, 0.3, 0.6], [0.9, 0.9, 0.8]),
+}
+
+
+def write_run(
+    folder: Path,
+    method: str,
+    seed: int,
+    kl_weight: float,
+    acc: dict[str, list[float]],
+    finished: bool = True,
+) -> None:
+    """A run folder as ``factkeep train`` writes it: config, metrics, samples, results."""
+    folder.mkdir(parents=True)
+    config = {"method": method, "seed": seed, "loss": {"kl_weight": kl_weight, "temperature": 0.5}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = []
+    for i, step in enumerate(STEPS):
+        phase = "format" if method == "self_distill" and step == 0 else "main"
+        values = {split: series[i] for split, series in acc.items()}
+        rows.append(
+            {
+                "phase": phase,
+                "step": step,
+                "phase_step": step,
+                "epoch": float(i),
+                "acc": values,
+                "n": dict.fromkeys(acc, N),
+            }
+        )
+        samples = [
+            {"split": split, "id": f"{split}-{k}", "prediction": "x", "correct": k < round(v * N)}
+            for split, v in values.items()
+            for k in range(N)
+        ]
+        (folder / "samples").mkdir(exist_ok=True)
+        lines = "".join(json.dumps(s) + "\n" for s in samples)
+        (folder / "samples" / f"step-{step:06d}.jsonl").write_text(lines)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if finished:
+        results = {
+            "method": method,
+            "model": "m",
+            "seed": seed,
+            **summarize_run(rows),
+            "trainable_parameters": 900,
+            "total_parameters": 1000,
+            "teacher_forwards": 0,
+            "stopped_early_at": None,
+            "phases": sorted({r["phase"] for r in rows}),
+            "seconds": 1.5,
+            "model_dir": str(folder / "model"),
+        }
+        (folder / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    for name, (method, seed, kl, *series) in RUNS.items():
+        write_run(root / name, method, seed, kl, dict(zip(SPLITS, series, strict=True)))
+    (root / "world" / "model").mkdir(parents=True)  # not a run
+    (root / "eval").mkdir()
+    (root / "eval" / "results.json").write_text('{"metrics": {}}')  # an eval output, not a run
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(runs_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    build_report([load_run(p) for p in discover_runs([runs_root])], out, "<Forgetting & co>")
+    return out
+
+
+def _write_samples(path: Path, rows: list[tuple[str, str, bool]]) -> None:
+    lines = [{"split": s, "id": i, "prediction": "", "correct": c} for s, i, c in rows]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_transition_counts_of_two_sample_files(tmp_path: Path) -> None:
+    before, after = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    held_before = [True, True, False, False, True]
+    held_after = [True, False, True, False, False]
+    _write_samples(
+        before,
+        [("d_held", str(k), c) for k, c in enumerate(held_before)]
+        + [("d_unknown", "1", False), ("d_unknown", "2", False), ("d_held", "gone", True)],
+    )
+    _write_samples(
+        after,
+        [("d_held", str(k), c) for k, c in enumerate(held_after)]
+        + [("d_unknown", "1", True), ("d_unknown", "2", False), ("d_unknown", "new", True)],
+    )
+    assert read_samples(before)[("d_held", "1")] is True
+    counts = transition_counts(read_samples(before), read_samples(after))
+    assert counts == {
+        "d_held": {
+            "stable_right": 1,
+            "known_to_forgotten": 2,
+            "unknown_to_learned": 1,
+            "stable_wrong": 1,
+        },
+        "d_unknown": {
+            "stable_right": 0,
+            "known_to_forgotten": 0,
+            "unknown_to_learned": 1,
+            "stable_wrong": 1,
+        },
+    }
+
+
+def test_run_transitions_first_last_and_chosen_steps(runs_root: Path, tmp_path: Path) -> None:
+    run = runs_root / "sft_s0"
+    assert [step for step, _ in run_sample_files(run)] == [0, 10, 20]
+    held = run_transitions(run)["d_held"]  # 9 right -> 5 right
+    assert held == {
+        "stable_right": 5,
+        "known_to_forgotten": 4,
+        "unknown_to_learned": 0,
+        "stable_wrong": 1,
+    }
+    assert run_transitions(run, start_step=10, end_step=20)["d_unknown"]["unknown_to_learned"] == 4
+    with pytest.raises(FileNotFoundError, match="step 7"):
+        run_transitions(run, start_step=7)
+    assert run_transitions(tmp_path) == {}
+
+
+def test_discover_runs_finds_nested_runs_once(runs_root: Path) -> None:
+    found = discover_runs([runs_root, runs_root / "sft_s0", runs_root / "missing"])
+    names = sorted(p.relative_to(runs_root).as_posix() for p in found)
+    assert names == ["sd_s0", "sd_s1", "sft_s0", "sft_s1", "sweep/sd_l5"]
+    assert discover_runs([runs_root / "sweep"]) == [runs_root / "sweep" / "sd_l5"]
+
+
+def test_comparison_rows_group_by_method_and_lambda(runs_root: Path) -> None:
+    rows = comparison_rows([load_run(p) for p in discover_runs([runs_root])])
+    assert [r.label for r in rows] == ["sft", "self_distill", "self_distill (λ=5)"]
+    assert [len(r.runs) for r in rows] == [2, 2, 1]
+    sft, sd, sd5 = (r.cells for r in rows)
+    assert sft["d_known"].mean == 1.0 and sft["d_known"].sd == 0.0
+    assert sft["d_unknown"].mean == pytest.approx(0.95)
+    assert sft["d_unknown"].sd == pytest.approx(0.1 / math.sqrt(2))
+    assert sft["d_held"].mean == pytest.approx(0.55)
+    assert sft["forgetting"].mean == pytest.approx(7 / 18)  # (4/9 + 3/9) / 2
+    assert sft["forgetting"].sd == pytest.approx((1 / 9) / math.sqrt(2))
+    assert sd["d_held"].mean == pytest.approx(0.75)
+    assert sd["forgetting"].mean == pytest.approx((2 / 9 + 0.2) / 2)
+    assert sd5["d_held"].mean == pytest.approx(0.8) and sd5["d_held"].sd is None
+    assert sd5["forgetting"].percent() == "11.1"
+    assert sft["d_held"].percent() == "55.0 ± 7.1"
+
+
+def test_unfinished_run_is_summarised_from_its_metrics(tmp_path: Path) -> None:
+    acc = dict(zip(SPLITS, RUNS["sft_s0"][3:], strict=True))
+    write_run(tmp_path / "sft_live", "sft", 0, 0.0, acc, finished=False)
+    run = load_run(tmp_path / "sft_live")
+    assert not run.complete and run.method == "sft"
+    assert run.results["final"]["d_held"] == 0.5
+    assert run.results["forgetting"] == pytest.approx(4 / 9)
+    (row,) = comparison_rows([run])
+    assert row.cells["d_held"].mean == 0.5
+
+
+def test_report_html_is_self_contained_with_markdown_twin(report: Path) -> None:
+    html = report.read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 3
+    assert 'src="http' not in html and "<script" not in html and "<link" not in html
+    assert "&lt;Forgetting &amp; co&gt;" in html and "<Forgetting" not in html
+    for text in ("self_distill (λ=5)", "55.0 ± 7.1", "forgetting", "sft_s1", "sweep/sd_l5"):
+        assert text in html
+    md = report.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| self_distill (λ=5) |" in md
+    for name in ("frontier.png", "learning_curves.png", "transitions.png"):
+        assert f"](report_files/{name})" in md
+        png = report.parent / "report_files" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_report(runs_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r" / "index.html"
+    assert main(["report", f"runs=[{runs_root}]", f"out={out}", "title=sweep"]) == 0
+    text = capsys.readouterr().out
+    assert "| self_distill (λ=5) |" in text and str(out) in text
+    assert out.is_file() and (tmp_path / "r" / "index.md").is_file()
+    assert (tmp_path / "r" / "index_files" / "frontier.png").is_file()
+
+
+def test_cli_report_without_runs_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = f"out={tmp_path / 'r.html'}"
+    assert main(["report", f"runs=[{tmp_path / 'nowhere'}]", out]) != 0
+    assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", f"runs=[{tmp_path / 'empty'}]", out]) != 0
+    err = capsys.readouterr().err
+    assert "no run folders" in err and "empty" in err
+    assert main(["report", out]) != 0
+    assert "runs" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = tmp_path / "shot.png"
+    command = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--screenshot={png}",
+        "--window-size=1200,2400",
+        report.resolve().as_uri(),
+    ]
+    subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert png.is_file()
+    with Image.open(png) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200  # text, tables and plots, not a blank page
