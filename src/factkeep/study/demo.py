@@ -115,6 +115,14 @@ def run_demo(cfg: DemoConfig) -> int:
     from factkeep.training.run import check_resumable, train
 
     t0 = time.time()
+    timing: dict[str, float] = {}
+    mark = time.time()
+
+    def lap(stage: str) -> None:
+        nonlocal mark
+        timing[stage] = round(time.time() - mark, 1)
+        mark = time.time()
+
     out = Path(cfg.out)
     world_dir = out / "world"
     print(f"[demo] 1/5 synthetic world and its pretrained model -> {world_dir}")
@@ -129,6 +137,7 @@ def run_demo(cfg: DemoConfig) -> int:
     code = run_world(world_cfg)
     if code:
         return code
+    lap("world")
     model_dir = world_dir / "model"
     model_key = json.loads((model_dir / "factkeep_world.json").read_text())["cache_key"]
 
@@ -152,6 +161,7 @@ def run_demo(cfg: DemoConfig) -> int:
             return code
         _mark(probe_dir, probe_key)
 
+    lap("probe")
     split_dir = out / "split"
     split_cfg = SplitCommandConfig(
         categories=str(probe_dir / "categories.jsonl"),
@@ -167,6 +177,7 @@ def run_demo(cfg: DemoConfig) -> int:
     if code:
         return code
 
+    lap("split")
     results: dict[str, dict[str, Any]] = {}
     for i, method in enumerate(cfg.methods, 1):
         run_dir = out / "runs" / method
@@ -201,13 +212,18 @@ def run_demo(cfg: DemoConfig) -> int:
         held = summarize_run(result.metrics)
         print(f"[demo] {method}: forgetting of D_held {held['forgetting']:.1%}")
 
+    lap("train")
     table = comparison_table(results)
     atomic_write_text(out / "summary.md", table + "\n")
     report = out / "report.html"
     print(f"\n[demo] 5/5 report -> {report}")
     runs = [load_run(out / "runs" / m) for m in cfg.methods]
     build_report(runs, report, title="factkeep demo: learning new facts vs forgetting known ones")
-    print(f"\n[demo] done in {time.time() - t0:.0f} s. Final accuracy and forgetting:\n")
+    lap("report")
+    timing["total"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "timing.json", timing)
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in timing.items() if k != "total")
+    print(f"\n[demo] done in {timing['total']:.0f} s ({stages}). Final accuracy and forgetting:\n")
     print(table)
     print(f"\nReport: {report} (and {report.with_suffix('.md')}); runs in {out / 'runs'}")
     return 0
