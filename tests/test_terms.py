@@ -152,3 +152,19 @@ def test_forgetting_is_the_relative_decline_from_the_peak() -> None:
     assert s["held_decline"] == pytest.approx(0.1)
     assert s["final"] == {"d_held": 0.8, "d_unknown": 0.9}
     assert s["peak"]["d_unknown"] == 0.9 and s["steps"] == 9
+
+
+def test_kl_only_where_the_teacher_is_confident(tiny) -> None:
+    model, tok = tiny
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    teacher = Teacher(other)
+    ctx = _ctx(model, _batch(tok), teacher)
+    full = float(KLToTeacher(weight=1.0)(ctx))
+    assert full > 0
+    assert float(KLToTeacher(weight=1.0, min_teacher_prob=1.0 + 1e-6)(ctx)) == 0.0
+    assert float(KLToTeacher(weight=1.0, min_teacher_prob=1e-9)(ctx)) == pytest.approx(full)

@@ -115,15 +115,20 @@ class KLToTeacher(LossTerm):
     direction: Literal["forward", "reverse"] = "forward"
     top_k: int | None = None
     chunk_size: int | None = None
+    min_teacher_prob: float = 0.0
     name = "kl_to_teacher"
     needs_teacher = True
 
     def unweighted(self, ctx: LossContext) -> torch.Tensor:
         """``τ²·KL`` without λ."""
         mask = kl_positions_mask(ctx.attention, ctx.labels, self.positions)
+        teacher = ctx.teacher_logits()
+        if self.min_teacher_prob > 0:  # only where the teacher is confident
+            top = torch.softmax(teacher.float(), dim=-1).amax(dim=-1)  # (B, T)
+            mask = mask & (top >= self.min_teacher_prob)
         return distillation_loss(
             ctx.logits,
-            ctx.teacher_logits(),
+            teacher,
             mask,
             self.temperature,
             direction=self.direction,

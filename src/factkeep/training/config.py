@@ -77,6 +77,9 @@ class LossConfig:
     kl_direction: Literal["forward", "reverse"] = help_field(
         "forward", "forward: KL(teacher || student) (the paper); reverse: KL(student || teacher)."
     )
+    kl_min_teacher_prob: float = help_field(
+        0.0, "Take the KL only where the teacher's top token has at least this probability."
+    )
     kl_top_k: int = help_field(0, "Truncate the KL to the teacher's top-k tokens (0 = full).")
     kl_chunk_size: int = help_field(0, "KL over this many positions at a time (0 = all).")
     l2_weight: float = help_field(0.0, "mu of mu*||theta - theta_teacher||^2 (0 = off).")

@@ -268,6 +268,7 @@ class _Runner:
                 direction=loss.kl_direction,
                 top_k=loss.kl_top_k or None,
                 chunk_size=loss.kl_chunk_size or None,
+                min_teacher_prob=loss.kl_min_teacher_prob,
             )
 
         if loss.kl_weight > 0:
