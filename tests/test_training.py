@@ -259,7 +259,7 @@ def test_bad_options_exit_nonzero_with_a_message(files, tmp_path, capsys, extra,
     out = tmp_path / "bad"
     assert main(_args(files, out, None, *extra)) != 0
     assert message in capsys.readouterr().err
-    assert not (out / "model").exists()
+    assert not out.exists()
 
 
 def test_shipped_configs_are_valid(files) -> None:

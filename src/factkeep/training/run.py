@@ -153,6 +153,36 @@ def _plan(cfg: TrainCommandConfig) -> list[_Phase]:
     return phases
 
 
+def _freeze_spec(cfg: TrainCommandConfig) -> FreezeSpec:
+    """The main phase's freezing spec (group names are checked here)."""
+    return FreezeSpec(
+        train=tuple(cfg.freeze.train),
+        freeze=tuple(cfg.freeze.freeze),
+        layers=cfg.freeze.layers or None,
+        train_regex=tuple(cfg.freeze.train_regex),
+        freeze_regex=tuple(cfg.freeze.freeze_regex),
+    )
+
+
+def _check_inputs(cfg: TrainCommandConfig) -> None:
+    """Check the freezing spec and read every facts file the run will use, so that bad input
+    fails before anything is written."""
+    _freeze_spec(cfg)
+    entries = [*cfg.data.train, *cfg.data.eval]
+    if cfg.format_phase.epochs > 0:
+        entries += cfg.format_phase.data
+    if cfg.replay.fraction > 0:
+        entries += cfg.replay.pool
+    if cfg.replay.patch_epochs > 0:
+        entries += cfg.replay.patch_data
+    if cfg.loss.ewc_weight > 0:
+        entries += cfg.loss.ewc_data
+    if cfg.eval.patience > 0:
+        entries.append(cfg.eval.dev)
+    for entry in dict.fromkeys(entries):
+        load_fact_set(entry, cfg.data.splits)
+
+
 def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
     """Refuse to resume a run folder that was made with a different config."""
     saved = out / "config.yaml"
@@ -310,14 +340,7 @@ class _Runner:
             self.result.trainable_parameters = sum(p.numel() for p in params if p.requires_grad)
             self.result.total_parameters = sum(p.numel() for p in params)
         elif phase.main:
-            spec = FreezeSpec(
-                train=tuple(cfg.freeze.train),
-                freeze=tuple(cfg.freeze.freeze),
-                layers=cfg.freeze.layers or None,
-                train_regex=tuple(cfg.freeze.train_regex),
-                freeze_regex=tuple(cfg.freeze.freeze_regex),
-            )
-            trainable, total = apply_freezing(self.model, spec)
+            trainable, total = apply_freezing(self.model, _freeze_spec(cfg))
             self.result.trainable_parameters, self.result.total_parameters = trainable, total
 
     def save_model(self, folder: Path) -> None:
@@ -417,16 +440,17 @@ def train(cfg: TrainCommandConfig) -> TrainResult:
         The run's :class:`TrainResult` (its metrics rows are those of ``metrics.jsonl``).
     """
     cfg.validate()
+    _check_inputs(cfg)
     out = Path(cfg.out)
     if cfg.resume:
         check_resumable(cfg, out)
-    else:
-        _fresh_start(out)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    write_run_metadata(out, cfg, seed=cfg.seed)
     start = time.perf_counter()
-    runner = _Runner(cfg)
+    runner = _Runner(cfg)  # loads the model: a bad model path fails before anything is written
+    if not cfg.resume:
+        _fresh_start(out)
+    write_run_metadata(out, cfg, seed=cfg.seed)
     phases = _plan(cfg)
     runner.result.phases = [p.name for p in phases]
     offset = 0
