@@ -13,14 +13,27 @@ Example::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from factkeep.config import help_field
 from factkeep.errors import FactkeepError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOptions:
+    """The model options every command that loads a model shares (its config inherits them)."""
+
+    model: str = help_field("", "Model: a Hugging Face model folder or hub id (required).")
+    gguf_file: str | None = help_field(None, "A GGUF file inside the model folder (needs gguf).")
+    dtype: str = help_field("auto", "auto, float32, bfloat16 or float16.")
+    device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
+
 
 _DTYPES = {
     "float32": torch.float32,

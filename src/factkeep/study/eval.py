@@ -33,6 +33,7 @@ from factkeep.config import ConfigError, config_to_dict, help_field
 from factkeep.data.facts import Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
+from factkeep.models.loading import ModelOptions
 from factkeep.rundir import atomic_write_json, atomic_write_jsonl, write_run_metadata
 
 __all__ = ["EvalCommandConfig", "format_relation_table", "format_split_table", "load_sets"]
@@ -41,13 +42,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalCommandConfig:
+class EvalCommandConfig(ModelOptions):
     """Options of ``factkeep eval``."""
 
-    model: str = help_field("", "Model: a Hugging Face model folder or hub id (required).")
-    gguf_file: str | None = help_field(None, "A GGUF file inside the model folder (needs gguf).")
-    dtype: str = help_field("auto", "auto, float32, bfloat16 or float16.")
-    device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
     facts: list[str] = help_field(
         [],
         "Fact sets to evaluate (required): split names found in the splits folder, or JSONL "

@@ -45,6 +45,7 @@ from factkeep.config import ConfigError, help_field
 from factkeep.data.facts import CATEGORIES, Fact, read_facts, write_facts
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError, FactkeepError
+from factkeep.models.loading import ModelOptions
 from factkeep.probing.slick import PRESETS, ExemplarPool, ProbeProtocol, probe_facts
 from factkeep.rundir import atomic_write_json, atomic_write_text, write_run_metadata
 
@@ -58,13 +59,9 @@ _PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(ProbeProtocol))
 
 
 @dataclass
-class ProbeCommandConfig:
+class ProbeCommandConfig(ModelOptions):
     """Options of ``factkeep probe``."""
 
-    model: str = help_field("", "Model: a Hugging Face model folder or hub id (required).")
-    gguf_file: str | None = help_field(None, "A GGUF file inside the model folder (needs gguf).")
-    dtype: str = help_field("auto", "auto, float32, bfloat16 or float16.")
-    device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
     trust_remote_code: bool = help_field(False, "Allow model code from the hub.")
     facts: str = help_field("", "Facts JSONL file to probe (required).")
     out: str = help_field("runs/probe", "Output folder.")

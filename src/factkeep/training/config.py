@@ -18,6 +18,7 @@ from typing import Literal
 
 from factkeep.config import ConfigError, help_field, nested
 from factkeep.data.prompts import DEFAULT_TEMPLATE
+from factkeep.models.loading import ModelOptions
 
 __all__ = ["TrainCommandConfig"]
 
@@ -156,13 +157,9 @@ class EvalConfig:
 
 
 @dataclass
-class TrainCommandConfig:
+class TrainCommandConfig(ModelOptions):
     """Options of ``factkeep train``."""
 
-    model: str = help_field("", "Model to fine-tune: HF folder or hub id (required).")
-    gguf_file: str | None = help_field(None, "A GGUF file inside the model folder.")
-    dtype: str = help_field("auto", "auto, float32, bfloat16 or float16.")
-    device: str = help_field("auto", "auto (CUDA if present) or cpu.")
     method: str = help_field("custom", "A name for the method (reports group runs by it).")
     out: str = help_field("runs/train", "Output folder.")
     seed: int = help_field(0, "Seed of initialisation-free randomness: data order, dropout, LoRA.")
