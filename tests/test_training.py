@@ -133,6 +133,19 @@ def test_self_distill_runs_both_phases_with_the_snapshot_teacher(files, tmp_path
     assert any("train_loss_kl_to_teacher" in h for h in history)
 
 
+def test_cached_teacher_runs_the_teacher_once_per_cache_batch_not_per_step(files, tmp_path) -> None:
+    out = tmp_path / "sdc"
+    assert main(_args(files, out, "self_distill_cached", "optim.epochs=1")) == 0
+    res = _results(out)
+    assert res["teacher_forwards"] == 1  # 48 distinct main-phase sequences, one batch of 64
+    assert (out / "teacher_cache" / "main.safetensors").is_file()
+    history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
+    assert any(h.get("train_loss_kl_to_teacher", 0) > 0 for h in history)
+    bad = tmp_path / "bad"
+    assert main(_args(files, bad, "self_distill_cached", "teacher.kind=ema")) == 2
+    assert not bad.exists()
+
+
 @pytest.mark.parametrize(
     "config", ["known_only", "freeze_ffn_only", "l2_anchor", "kl_to_base", "ewc", "label_smoothing"]
 )

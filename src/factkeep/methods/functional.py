@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, cast
 
 import torch
@@ -44,6 +44,7 @@ __all__ = [
     "grad_norm_matched_coefficient",
     "kl_positions_mask",
     "l2_to_anchor",
+    "map_row_chunks",
     "masked_nll",
     "shift_attention_mask",
     "shift_for_next_token",
@@ -190,6 +191,31 @@ def _rows_kl(
     return terms.sum(dim=-1)
 
 
+def map_row_chunks(
+    fn: Callable[..., Tensor], rows: Sequence[Tensor], chunk_size: int | None
+) -> Tensor:
+    """``fn(*rows)`` computed ``chunk_size`` rows at a time, each chunk rematerialised in backward.
+
+    ``fn`` maps row-aligned tensors ``(n, ...)`` to a per-row result ``(n,)``. With ``chunk_size``
+    set (and gradients needed), each chunk runs under activation checkpointing, so only one
+    chunk's temporaries (e.g. ``(chunk_size, V)`` softmaxes) are alive at a time, in the forward
+    and in the backward pass. Same values and gradients as ``fn(*rows)`` up to float rounding.
+    """
+    n_rows = rows[0].shape[0]
+    if chunk_size is None or chunk_size >= n_rows:
+        return fn(*rows)
+    recompute = torch.is_grad_enabled() and any(r.requires_grad for r in rows)
+    parts: list[Tensor] = []
+    for start in range(0, n_rows, chunk_size):
+        chunk = [r[start : start + chunk_size] for r in rows]
+        if recompute:
+            part = checkpoint(fn, *chunk, use_reentrant=False, preserve_rng_state=False)
+            parts.append(cast(Tensor, part))
+        else:
+            parts.append(fn(*chunk))
+    return torch.cat(parts)
+
+
 def tempered_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -250,22 +276,7 @@ def tempered_kl(
         return _graph_zero(student_logits)
 
     rows_kl = functools.partial(_rows_kl, temperature=temperature, direction=direction, top_k=top_k)
-    if chunk_size is None or chunk_size >= n_rows:
-        per_row = rows_kl(student, teacher)  # (N,)
-    else:
-        recompute = torch.is_grad_enabled() and student.requires_grad
-        parts: list[Tensor] = []
-        for start in range(0, n_rows, chunk_size):
-            s_chunk = student[start : start + chunk_size]  # (c, V)
-            t_chunk = teacher[start : start + chunk_size]  # (c, V)
-            if recompute:
-                part = checkpoint(
-                    rows_kl, s_chunk, t_chunk, use_reentrant=False, preserve_rng_state=False
-                )
-                parts.append(cast(Tensor, part))
-            else:
-                parts.append(rows_kl(s_chunk, t_chunk))
-        per_row = torch.cat(parts)  # (N,)
+    per_row = map_row_chunks(rows_kl, (student, teacher), chunk_size)  # (N,)
     return per_row.sum() / n_rows
 
 

@@ -37,6 +37,7 @@ from factkeep.methods.functional import (
     l2_to_anchor,
     masked_nll,
 )
+from factkeep.methods.topk_kl import TopKTargets, cached_topk_kl
 
 __all__ = [
     "EWCTerm",
@@ -59,6 +60,7 @@ class LossContext:
         labels: targets ``(B, T-1)``, ``-100`` where no loss is taken.
         attention: ``(B, T-1)``, 1 where the target token is real (not padding).
         teacher_logits: returns the teacher's shifted logits ``(B, T-1, V)`` (computed once).
+        teacher_topk: returns the cached teacher's shifted top-k targets (``None``: no cache).
     """
 
     model: nn.Module
@@ -66,6 +68,7 @@ class LossContext:
     labels: torch.Tensor
     attention: torch.Tensor
     teacher_logits: Callable[[], torch.Tensor]
+    teacher_topk: Callable[[], TopKTargets] | None = None
 
 
 class LossTerm:
@@ -107,7 +110,11 @@ class NLLTerm(LossTerm):
 
 @dataclass
 class KLToTeacher(LossTerm):
-    """``λ·τ²·KL`` to the teacher (see :func:`~factkeep.methods.functional.distillation_loss`)."""
+    """``λ·τ²·KL`` to the teacher (see :func:`~factkeep.methods.functional.distillation_loss`).
+
+    With ``cached`` the KL is the top-k one of :func:`~factkeep.methods.topk_kl.cached_topk_kl`
+    against a precomputed :class:`~factkeep.methods.teacher_cache.TeacherCache`.
+    """
 
     weight: float = 1.0
     temperature: float = 0.5
@@ -116,12 +123,29 @@ class KLToTeacher(LossTerm):
     top_k: int | None = None
     chunk_size: int | None = None
     min_teacher_prob: float = 0.0
+    cached: bool = False
     name = "kl_to_teacher"
-    needs_teacher = True
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        """A cached term reads ``ctx.teacher_topk`` and never runs the teacher."""
+        return not self.cached
 
     def unweighted(self, ctx: LossContext) -> torch.Tensor:
         """``τ²·KL`` without λ."""
         mask = kl_positions_mask(ctx.attention, ctx.labels, self.positions)
+        if self.cached:
+            if ctx.teacher_topk is None:
+                raise ValueError("a cached KL term needs a teacher cache")
+            kl = cached_topk_kl(
+                ctx.logits,
+                ctx.teacher_topk(),
+                mask,
+                self.temperature,
+                direction=self.direction,
+                chunk_size=self.chunk_size,
+            )
+            return kl * (self.temperature * self.temperature)
         teacher = ctx.teacher_logits()
         if self.min_teacher_prob > 0:  # only where the teacher is confident
             top = torch.softmax(teacher.float(), dim=-1).amax(dim=-1)  # (B, T)

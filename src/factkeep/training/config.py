@@ -106,6 +106,12 @@ class TeacherConfig:
         "ema: an exponential moving average of the student.",
     )
     ema_decay: float = help_field(0.99, "EMA decay per step (kind=ema).")
+    cache_top_k: int = help_field(
+        0,
+        "Precompute the teacher's top-k tempered log-probs (+ tail mass) for the training set "
+        "once and train with no teacher forward (0 = exact KL, teacher run every batch).",
+    )
+    cache_batch_size: int = help_field(64, "Sequences per teacher forward when building the cache.")
 
 
 @dataclass
@@ -205,5 +211,17 @@ class TrainCommandConfig(ModelOptions):
             raise ConfigError(f"loss.temperature must be > 0, got {self.loss.temperature}")
         if not 0.0 <= self.teacher.ema_decay <= 1.0:
             raise ConfigError(f"teacher.ema_decay must be in [0, 1], got {self.teacher.ema_decay}")
+        if self.teacher.cache_top_k < 0:
+            raise ConfigError(f"teacher.cache_top_k must be >= 0, got {self.teacher.cache_top_k}")
+        if self.teacher.cache_top_k > 0:
+            if self.teacher.kind == "ema":
+                raise ConfigError(
+                    "teacher.cache_top_k needs a fixed teacher: an ema teacher changes every step"
+                )
+            if self.loss.kl_min_teacher_prob > 0 or self.loss.kl_top_k > 0:
+                raise ConfigError(
+                    "teacher.cache_top_k replaces loss.kl_top_k and does not support "
+                    "loss.kl_min_teacher_prob: set them to 0"
+                )
         if self.lora.r > 0 and (self.freeze.train or self.freeze.freeze):
             raise ConfigError("lora.r > 0 trains adapters only: leave freeze.* empty")

@@ -10,6 +10,7 @@ as one ``Trainer.train`` call. The run folder::
     checkpoints/<phase>/checkpoint-N/   Trainer checkpoints (HF model folders + optimiser state)
     phases/<phase>/model/        the model at the end of an intermediate phase (the snapshot)
     phases/<phase>/done.json     steps, seconds and the Trainer's log history of a finished phase
+    teacher_cache/<phase>.safetensors   precomputed top-k teacher targets (teacher.cache_top_k)
     model/                       the final model and tokenizer (an ordinary HF model folder)
 
 Run again on the same folder with ``resume=true`` (the default), a run continues where it was
@@ -37,6 +38,7 @@ from factkeep.data.facts import Fact, read_facts, read_jsonl_objects
 from factkeep.data.prompt_completion import read_prompt_completion
 from factkeep.methods.freezing import FreezeSpec, apply_freezing
 from factkeep.methods.teacher import Teacher
+from factkeep.methods.teacher_cache import TeacherCache
 from factkeep.methods.terms import EWCTerm, KLToTeacher, L2ToAnchor, LossTerm, NLLTerm
 from factkeep.models.loading import load_model_and_tokenizer
 from factkeep.rundir import atomic_write_json, write_run_metadata
@@ -201,7 +203,7 @@ def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
 
 
 def _fresh_start(out: Path) -> None:
-    for name in ("checkpoints", "phases", "samples", "model"):
+    for name in ("checkpoints", "phases", "samples", "model", "teacher_cache"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("metrics.jsonl", "results.json"):
         (out / name).unlink(missing_ok=True)
@@ -299,6 +301,7 @@ class _Runner:
                 top_k=loss.kl_top_k or None,
                 chunk_size=loss.kl_chunk_size or None,
                 min_teacher_prob=loss.kl_min_teacher_prob,
+                cached=self.cfg.teacher.cache_top_k > 0,
             )
 
         if loss.kl_weight > 0:
@@ -327,6 +330,33 @@ class _Runner:
         fisher = diagonal_fisher(self.model, loader, self.cfg.loss.ewc_batches)
         anchor = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in fisher}
         return EWCTerm(anchor=anchor, fisher=fisher, weight=self.cfg.loss.ewc_weight)
+
+    def teacher_cache(self, teacher: Teacher, data: Any, phase: _Phase) -> TeacherCache:
+        """The teacher's top-k targets for every training sequence, built once per run."""
+        cfg = self.cfg
+        path = self.out / "teacher_cache" / f"{phase.name}.safetensors"
+        sequences = [data[i]["input_ids"] for i in range(len(data))]
+        if path.is_file():
+            cache = TeacherCache.load(path)
+            same = cache.temperature == cfg.loss.temperature and cache.k == cfg.teacher.cache_top_k
+            if same and cache.covers(sequences):
+                log.info("teacher cache reused from %s", path)
+                return cache
+        start = time.perf_counter()
+        cache = TeacherCache.build(
+            teacher,
+            sequences,
+            temperature=cfg.loss.temperature,
+            k=cfg.teacher.cache_top_k,
+            batch_size=cfg.teacher.cache_batch_size,
+            pad_id=int(self.tokenizer.pad_token_id),
+            progress=cfg.progress,
+        )
+        cache.save(path)
+        self.result.teacher_forwards += teacher.forward_calls
+        teacher.forward_calls = 0
+        log.info("teacher cache built in %.1f s", time.perf_counter() - start)
+        return cache
 
     def prepare_model(self, phase: _Phase) -> None:
         """Freezing / LoRA for the main phase; everything trainable otherwise."""
@@ -392,14 +422,21 @@ class _Runner:
         callbacks: list[Any] = [eval_cb]
         if teacher is not None and cfg.teacher.kind == "ema":
             callbacks.append(EMACallback(teacher, cfg.teacher.ema_decay))
+        terms = self.terms(phase, teacher)
+        cache = None
+        if teacher is not None and cfg.teacher.cache_top_k > 0 and phase.main:
+            cache = self.teacher_cache(teacher, data, phase)
+            if not any(t.needs_teacher for t in terms):
+                teacher = None  # training never runs it: free its memory
         trainer = FactTrainer(
             model=self.model,
             args=args,
             train_dataset=data,
             data_collator=self.collator,
             processing_class=self.tokenizer,
-            loss_terms=self.terms(phase, teacher),
+            loss_terms=terms,
             teacher=teacher,
+            teacher_cache=cache,
             callbacks=callbacks,
         )
         log.info(

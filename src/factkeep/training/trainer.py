@@ -3,7 +3,8 @@
 Everything else (optimiser, schedule, gradient accumulation, mixed precision, checkpoints and
 resume, logging backends, accelerate's DDP/FSDP/DeepSpeed) is the stock Trainer. A method is a
 list of :class:`~factkeep.methods.terms.LossTerm` plus, optionally, a teacher; the student runs
-once per batch and the teacher at most once, only when a term asks for its logits.
+once per batch and the teacher at most once, only when a term asks for its logits. With a
+``teacher_cache`` (precomputed top-k targets), a cached KL term reads the cache instead.
 
 The values of the terms are averaged over the logging interval and logged next to ``loss``
 (``loss_nll``, ``loss_kl_to_teacher``, ...). A non-finite loss stops the run with
@@ -31,7 +32,9 @@ from transformers import Trainer
 from factkeep.errors import FactkeepError
 from factkeep.methods.functional import shift_for_next_token
 from factkeep.methods.teacher import Teacher
+from factkeep.methods.teacher_cache import TeacherCache
 from factkeep.methods.terms import LossContext, LossTerm
+from factkeep.methods.topk_kl import TopKTargets
 
 __all__ = ["FactTrainer", "NonFiniteLossError"]
 
@@ -48,6 +51,7 @@ class FactTrainer(Trainer):
         *args: Any,
         loss_terms: Sequence[LossTerm],
         teacher: Teacher | None = None,
+        teacher_cache: TeacherCache | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -58,6 +62,7 @@ class FactTrainer(Trainer):
             raise ValueError(f"loss terms {names} need a teacher, but none was given")
         self.loss_terms = list(loss_terms)
         self.teacher = teacher
+        self.teacher_cache = teacher_cache
         # Terms average over their own tokens; let the Trainer scale for accumulation.
         self.model_accepts_loss_kwargs = False
         self._term_sums: dict[str, float] = {}
@@ -88,12 +93,17 @@ class FactTrainer(Trainer):
                 cache.append(full[:, :-1])  # (B, T-1, V)
             return cache[0]
 
+        def teacher_topk() -> TopKTargets:
+            assert self.teacher_cache is not None
+            return self.teacher_cache.lookup(inputs["input_ids"], attention_mask)  # (B, T-1, k)
+
         ctx = LossContext(
             model=model,
             logits=logits,
             labels=shifted_labels,
             attention=attention_mask[:, 1:],
             teacher_logits=teacher_logits,
+            teacher_topk=teacher_topk if self.teacher_cache is not None else None,
         )
         values = {term.name: term(ctx) for term in self.loss_terms}
         loss = torch.stack([v.float() for v in values.values()]).sum()

@@ -1,0 +1,138 @@
+"""KL to a teacher known only through its top-k tokens and the mass of the rest (pure math).
+
+A cached teacher (:mod:`factkeep.methods.teacher_cache`) keeps, per position, the ``k`` most likely
+tokens of its *tempered* distribution ``p_T^τ = softmax(z_T / τ)``, their log-probabilities, and
+the log of the remaining ("tail") mass ``1 − Σ_topk p_T``. The KL is then taken between the two
+distributions coarse-grained onto ``k + 1`` outcomes: the teacher's ``k`` tokens and "any other
+token"::
+
+    forward:  KL_k(p_T ‖ p_S) = Σ_{i ≤ k} p_T,i (log p_T,i − log p_S,i)
+                                + p_T,tail (log p_T,tail − log p_S,tail)
+    reverse:  KL_k(p_S ‖ p_T), the same with the roles swapped
+
+with ``p_S,tail = 1 − Σ_{i ≤ k} p_S,i`` from the student's full tempered softmax. Unlike the
+``top_k`` option of :func:`~factkeep.methods.functional.tempered_kl` (which renormalises both
+distributions over the ``k`` tokens and ignores the rest), the student *is* penalised for mass it
+moves outside the teacher's top-k. By the data-processing inequality ``KL_k ≤ KL``, with equality
+when the teacher's tail is empty or the student's tail is shaped like the teacher's; with
+``k ≥ V`` it is the exact KL.
+
+Example::
+
+    targets = topk_targets(teacher_logits, temperature=0.5, k=32)     # per position
+    loss = cached_topk_kl(student_logits, targets, mask, temperature=0.5)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from factkeep.methods.functional import KLDirection, _check_aligned, _graph_zero, map_row_chunks
+
+__all__ = ["TAIL_FLOOR", "TopKTargets", "cached_topk_kl", "log1mexp", "topk_targets"]
+
+TAIL_FLOOR = -80.0
+"""Smallest log tail mass kept (exp(-80) ≈ 2e-35): an empty tail is stored as this, not -inf."""
+
+
+@dataclass
+class TopKTargets:
+    """A teacher's top-k view of some positions (leading dims ``...`` shared by all three).
+
+    Attributes:
+        ids: ``(..., k)`` token ids, most likely first (int64).
+        logp: ``(..., k)`` tempered log-probabilities of those tokens (float32).
+        tail_logp: ``(...)`` log of the tempered mass of every other token (float32).
+    """
+
+    ids: Tensor
+    logp: Tensor
+    tail_logp: Tensor
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """``log(1 − exp(x))`` for ``x ≤ 0``, accurate at both ends, floored at :data:`TAIL_FLOOR`."""
+    x = x.clamp(max=0.0)
+    out = torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return out.clamp(min=TAIL_FLOOR)
+
+
+def topk_targets(teacher_logits: Tensor, temperature: float, k: int) -> TopKTargets:
+    """The teacher's tempered top-k log-probs and tail log-mass at every position.
+
+    Args:
+        teacher_logits: ``(..., V)`` logits (any float dtype; computed in float32).
+        temperature: ``τ > 0`` of the KL the targets are for.
+        k: tokens kept per position (clipped to ``V``).
+    """
+    scaled = teacher_logits.detach().float() / temperature  # (..., V)
+    log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (..., 1)
+    top = scaled.topk(min(k, scaled.shape[-1]), dim=-1)  # (..., k)
+    logp = top.values - log_norm  # (..., k)
+    tail = log1mexp(torch.logsumexp(logp, dim=-1))  # (...)
+    return TopKTargets(ids=top.indices, logp=logp, tail_logp=tail)
+
+
+def _rows_topk_kl(
+    student: Tensor, ids: Tensor, logp_t: Tensor, tail_t: Tensor, temperature: float, direction: str
+) -> Tensor:
+    """Per-row coarse-grained KL of ``(n, V)`` student logits against ``(n, k)`` targets."""
+    scaled = student.float() / temperature  # (n, V)
+    log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (n, 1)
+    logp_s = scaled.gather(-1, ids) - log_norm  # (n, k)
+    tail_s = log1mexp(torch.logsumexp(logp_s, dim=-1))  # (n,)
+    log_p = torch.cat([logp_t, tail_t[:, None]], dim=-1)  # (n, k+1) teacher
+    log_q = torch.cat([logp_s, tail_s[:, None]], dim=-1)  # (n, k+1) student
+    if direction == "reverse":
+        log_p, log_q = log_q, log_p
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1)  # (n,)
+
+
+def cached_topk_kl(
+    student_logits: Tensor,
+    targets: TopKTargets,
+    mask: Tensor,
+    temperature: float,
+    direction: KLDirection = "forward",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Mean over masked positions of the coarse-grained KL (see the module docstring).
+
+    Args:
+        student_logits: ``(B, T, V)`` shifted student logits.
+        targets: the teacher's ``(B, T, k)`` / ``(B, T)`` targets at the same positions.
+        mask: ``(B, T)`` positions to average over.
+        temperature: ``τ``, the one the targets were computed with.
+        direction: ``"forward"`` (teacher first) or ``"reverse"``.
+        chunk_size: rows per chunk with activation checkpointing (None = all at once).
+
+    Returns:
+        Scalar float32, not multiplied by ``τ²``; 0 (connected to the graph) for an empty mask.
+    """
+    _check_aligned(student_logits, mask, "mask")
+    if tuple(targets.ids.shape[:2]) != tuple(mask.shape):
+        raise ValueError(
+            f"targets {tuple(targets.ids.shape)} do not cover the positions {tuple(mask.shape)}"
+        )
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    selected = mask.to(device=student_logits.device, dtype=torch.bool)  # (B, T)
+    student = student_logits[selected]  # (N, V)
+    if student.shape[0] == 0:
+        return _graph_zero(student_logits)
+    device = student.device
+    rows = (
+        student,
+        targets.ids[selected].to(device).long(),  # (N, k)
+        targets.logp[selected].to(device).float(),  # (N, k)
+        targets.tail_logp[selected].to(device).float(),  # (N,)
+    )
+    fn = functools.partial(_rows_topk_kl, temperature=temperature, direction=direction)
+    per_row = map_row_chunks(fn, rows, chunk_size)  # (N,)
+    return per_row.sum() / per_row.shape[0]
