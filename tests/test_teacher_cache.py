@@ -140,3 +140,15 @@ def test_cached_loss_matches_the_exact_loss_on_a_tiny_model(tiny, tmp_path) -> N
     with pytest.raises(KeyError, match="not in the teacher cache"):
         other = QACollator(tok.pad_token_id)([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}])
         cache.lookup(other["input_ids"], other["attention_mask"])
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_gradients_stay_finite_when_the_student_is_certain(k) -> None:
+    # A student putting all its mass on the teacher's top tokens: its tail underflows to 0.
+    teacher = _logits(6)
+    student = (100.0 * torch.nn.functional.one_hot(teacher.argmax(-1), 7).float()).requires_grad_()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    for direction in ("forward", "reverse"):
+        value = cached_topk_kl(student, topk_targets(teacher, 0.5, k), mask, 0.5, direction)
+        (grad,) = torch.autograd.grad(value, student)
+        assert torch.isfinite(value) and torch.isfinite(grad).all()

@@ -40,6 +40,9 @@ TAIL_FLOOR = -80.0
 """Smallest log tail mass kept (exp(-80) ≈ 2e-35): an empty tail is stored as this, not -inf."""
 
 
+_FILL = -1e4  # stands for -inf in the student's tail logsumexp
+
+
 @dataclass
 class TopKTargets:
     """A teacher's top-k view of some positions (leading dims ``...`` shared by all three).
@@ -85,7 +88,11 @@ def _rows_topk_kl(
     scaled = student.float() / temperature  # (n, V)
     log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (n, 1)
     logp_s = scaled.gather(-1, ids) - log_norm  # (n, k)
-    tail_s = log1mexp(torch.logsumexp(logp_s, dim=-1))  # (n,)
+    # The student's tail straight from the logits outside the top-k (not log(1 - Σ top-k), whose
+    # gradient overflows when the top-k hold almost all the mass); _FILL drops the top-k tokens
+    # while keeping the logsumexp and its gradient finite even when k = V.
+    rest = scaled.scatter(-1, ids, _FILL)  # (n, V)
+    tail_s = (torch.logsumexp(rest, dim=-1) - log_norm[:, 0]).clamp(min=TAIL_FLOOR)  # (n,)
     log_p = torch.cat([logp_t, tail_t[:, None]], dim=-1)  # (n, k+1) teacher
     log_q = torch.cat([logp_s, tail_s[:, None]], dim=-1)  # (n, k+1) student
     if direction == "reverse":
