@@ -17,7 +17,7 @@ from typing import Any
 from factkeep.eval.metrics import summarize_run
 from factkeep.rundir import atomic_write_json
 from factkeep.training.config import TrainCommandConfig
-from factkeep.training.run import TrainResult, train
+from factkeep.training.run import TrainResult, is_main_process, train
 
 __all__ = ["format_summary", "run_train", "train_summary"]
 
@@ -59,6 +59,8 @@ def format_summary(results: dict[str, Any]) -> str:
 def run_train(cfg: TrainCommandConfig) -> int:
     """Run ``factkeep train``: returns the exit code."""
     result = train(cfg)
+    if not is_main_process():  # under DDP, one process reports
+        return 0
     results = train_summary(cfg, result)
     atomic_write_json(result.out / "results.json", results)
     print(f"\n{cfg.method}: {results['steps']} steps in {result.seconds:.0f} s")

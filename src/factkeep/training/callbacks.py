@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from factkeep.data.facts import Fact
@@ -151,8 +152,14 @@ class SplitEvalCallback(TrainerCallback):
     def _run(self, state: Any, control: Any, model: Any) -> None:
         if state.global_step == self.last_step:
             return
-        row = self.evaluate(model, state.global_step, state.epoch or 0.0)
-        self._maybe_stop(row, control)
+        if state.is_world_process_zero:  # under DDP, one process evaluates and writes
+            row = self.evaluate(model, state.global_step, state.epoch or 0.0)
+            self._maybe_stop(row, control)
+        self.last_step = state.global_step
+        if _world_size() > 1:  # every process must stop at the same step
+            flag = [bool(control.should_training_stop)]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            control.should_training_stop = flag[0]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Evaluate the starting model (only on a fresh start of the first phase)."""
@@ -193,6 +200,12 @@ class EMACallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Save the EMA teacher inside the checkpoint, so that resuming restores it."""
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / EMA_TEACHER_DIR
-        self.teacher.model.save_pretrained(folder)  # a PreTrainedModel
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / EMA_TEACHER_DIR
+            self.teacher.model.save_pretrained(folder)  # a PreTrainedModel
         return control
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

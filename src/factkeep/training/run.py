@@ -40,7 +40,7 @@ from factkeep.methods.freezing import FreezeSpec, apply_freezing
 from factkeep.methods.teacher import Teacher
 from factkeep.methods.teacher_cache import TeacherCache
 from factkeep.methods.terms import EWCTerm, KLToTeacher, L2ToAnchor, LossTerm, NLLTerm
-from factkeep.models.loading import load_model_and_tokenizer
+from factkeep.models.loading import load_model_and_tokenizer, resolve_device
 from factkeep.rundir import atomic_write_json, write_run_metadata
 from factkeep.training.callbacks import (
     EMA_TEACHER_DIR,
@@ -56,6 +56,7 @@ from factkeep.training.trainer import FactTrainer
 __all__ = [
     "TrainResult",
     "check_resumable",
+    "is_main_process",
     "last_complete_checkpoint",
     "load_fact_set",
     "train",
@@ -202,6 +203,40 @@ def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
         )
 
 
+def _init_processes(device: str) -> None:
+    """Join the process group when started by a launcher (torchrun, accelerate launch).
+
+    Must run before anything else touches accelerate's shared state, so that a CPU run with
+    several processes becomes a gloo DDP run (the state is created once per process).
+    """
+    from accelerate import PartialState
+
+    PartialState(cpu=resolve_device(device).type == "cpu")
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes files (always, unless run by a DDP launcher)."""
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
+
+
+def _device(name: str) -> str:
+    """``auto`` is this process's device under a distributed launcher (``cuda:LOCAL_RANK``)."""
+    from accelerate import PartialState
+
+    if name != "auto" or PartialState().num_processes == 1:
+        return name
+    return str(PartialState().device)
+
+
+def _barrier() -> None:
+    """Wait for every process of a distributed run (no-op in a single process)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
 def _fresh_start(out: Path) -> None:
     for name in ("checkpoints", "phases", "samples", "model", "teacher_cache"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -231,8 +266,9 @@ def _training_args(cfg: TrainCommandConfig, phase: _Phase, out: Path) -> Trainin
         report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
         disable_tqdm=not cfg.progress,
         remove_unused_columns=False,
-        use_cpu=cfg.device == "cpu",
+        use_cpu=resolve_device(cfg.device).type == "cpu",
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available() and cfg.device != "cpu",
     )
 
@@ -244,7 +280,7 @@ class _Runner:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.model, self.tokenizer = load_model_and_tokenizer(
-            cfg.model, dtype=cfg.dtype, device=cfg.device, gguf_file=cfg.gguf_file
+            cfg.model, dtype=cfg.dtype, device=_device(cfg.device), gguf_file=cfg.gguf_file
         )
         self.collator = QACollator(int(self.tokenizer.pad_token_id))
         eval_names = list(cfg.data.eval)
@@ -352,7 +388,8 @@ class _Runner:
             pad_id=int(self.tokenizer.pad_token_id),
             progress=cfg.progress,
         )
-        cache.save(path)
+        if is_main_process():
+            cache.save(path)
         self.result.teacher_forwards += teacher.forward_calls
         teacher.forward_calls = 0
         log.info("teacher cache built in %.1f s", time.perf_counter() - start)
@@ -399,7 +436,9 @@ class _Runner:
                 return row["step"] < step_offset or (row["step"] == step_offset and not first)
             return row["phase_step"] <= resumed_at
 
-        trim_metrics(out / "metrics.jsonl", keep)
+        if is_main_process():
+            trim_metrics(out / "metrics.jsonl", keep)
+        _barrier()
         self.prepare_model(phase)
         teacher = self.teacher(args, last) if phase.main else None
         data = self.dataset(phase.data, replay=phase.main)
@@ -455,15 +494,17 @@ class _Runner:
         if eval_cb.stopped_early_at is not None:
             self.result.stopped_early_at = eval_cb.stopped_early_at
         final = phase.name == self.result.phases[-1]
-        self.save_model(out / "model" if final else out / "phases" / phase.name / "model")
-        atomic_write_json(
-            done,
-            {
-                "steps": steps,
-                "seconds": round(time.perf_counter() - start, 2),
-                "log_history": trainer.state.log_history,
-            },
-        )
+        if is_main_process():
+            self.save_model(out / "model" if final else out / "phases" / phase.name / "model")
+            atomic_write_json(
+                done,
+                {
+                    "steps": steps,
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "log_history": trainer.state.log_history,
+                },
+            )
+        _barrier()
         return int(steps)
 
 
@@ -483,11 +524,14 @@ def train(cfg: TrainCommandConfig) -> TrainResult:
         check_resumable(cfg, out)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    _init_processes(cfg.device)
     start = time.perf_counter()
     runner = _Runner(cfg)  # loads the model: a bad model path fails before anything is written
-    if not cfg.resume:
-        _fresh_start(out)
-    write_run_metadata(out, cfg, seed=cfg.seed)
+    if is_main_process():
+        if not cfg.resume:
+            _fresh_start(out)
+        write_run_metadata(out, cfg, seed=cfg.seed)
+    _barrier()
     phases = _plan(cfg)
     runner.result.phases = [p.name for p in phases]
     offset = 0
@@ -498,7 +542,7 @@ def train(cfg: TrainCommandConfig) -> TrainResult:
             stale_from = out / "model" if final else out / "phases" / phase.name / "model"
         elif stale_from is not None:
             runner.model, _ = load_model_and_tokenizer(
-                str(stale_from), dtype=cfg.dtype, device=cfg.device
+                str(stale_from), dtype=cfg.dtype, device=_device(cfg.device)
             )
             stale_from = None
         offset += runner.run_phase(phase, offset, first=i == 0)

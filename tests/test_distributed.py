@@ -1,0 +1,104 @@
+"""DDP: a 2-process CPU (gloo) run of ``factkeep train`` matches a 1-process run of the same batch.
+
+The 2-process run uses ``optim.batch_size=8`` per process (global batch 16), the 1-process run
+``optim.batch_size=16``: same number of optimiser steps, same learning rate. The data order
+differs (a DistributedSampler shards a different permutation), so losses agree within a tolerance,
+not exactly. One process writes the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factkeep.data.facts import write_facts
+from factkeep.data.world import WorldSpec, build_world
+from factkeep.models.tiny import TinyModelConfig, build_tiny_model
+from factkeep.models.tokenizer import build_word_tokenizer
+
+SMALL = WorldSpec(
+    n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=12, n_bio=8, n_unseen=8
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ddp")
+    world = build_world(SMALL)
+    tok = build_word_tokenizer(world.vocabulary_texts())
+    shape = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    build_tiny_model(shape, tok, seed=0).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    by_pop: dict[str, list] = {}
+    for f in world.facts():
+        by_pop.setdefault(f.meta["population"], []).append(f)
+    (root / "splits").mkdir()
+    write_facts(root / "splits" / "d_known.jsonl", by_pop["qa"][:24])
+    write_facts(root / "splits" / "d_unknown.jsonl", by_pop["unseen"][:24])
+    write_facts(root / "splits" / "d_held.jsonl", by_pop["bio"][:16])
+    return root
+
+
+def _train(setup: Path, out: Path, processes: int, batch: int) -> subprocess.CompletedProcess:
+    args = [
+        "-m",
+        "factkeep",
+        "train",
+        "--config",
+        "self_distill",
+        f"model={setup / 'model'}",
+        f"data.splits={setup / 'splits'}",
+        f"out={out}",
+        f"optim.batch_size={batch}",
+        "optim.epochs=12",
+        "optim.lr=3e-3",
+        "eval.max_new_tokens=3",
+        "progress=false",
+        "threads=1",
+        "device=cpu",
+    ]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        launcher += ["--standalone"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*launcher, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _losses(out: Path) -> tuple[list[float], float]:
+    history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
+    logged = [h["loss"] for h in history if "loss" in h]
+    return logged, next(h["train_loss"] for h in history if "train_loss" in h)
+
+
+def test_two_gloo_processes_match_one_process(setup, tmp_path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(setup, one, processes=1, batch=16)
+    proc = _train(setup, two, processes=2, batch=8)
+    assert proc.stdout.count("steps in") == 1  # one process reports
+    rows1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    rows2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    # Same evaluations at the same steps, each written once.
+    assert [(r["phase"], r["step"]) for r in rows2] == [(r["phase"], r["step"]) for r in rows1]
+    assert rows2[-1]["step"] == 2 + 12 * 3  # 24 known / 16, then 48 facts / 16 per epoch
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        for split in r1["acc"]:
+            assert abs(r1["acc"][split] - r2["acc"][split]) <= 0.15
+    logged1, final1 = _losses(one)
+    logged2, final2 = _losses(two)
+    assert len(logged1) == len(logged2)
+    for a, b in zip(logged1, logged2, strict=True):
+        assert b == pytest.approx(a, rel=0.03)
+    assert final2 == pytest.approx(final1, rel=0.03)
+    res = json.loads((two / "results.json").read_text())
+    assert res["teacher_forwards"] > 0
+    assert (two / "model" / "model.safetensors").is_file()
