@@ -1,0 +1,399 @@
+"""``factkeep analyze drift`` / ``analyze overlap``: the read-only side of the mechanism study.
+
+``drift`` measures, for every model each training run saved, how far the held-out entities'
+middle-layer hidden states moved from the reference model's (method.md section 6)::
+
+    factkeep analyze drift runs=[runs/sft,runs/sd] facts=runs/split/d_held.jsonl out=runs/an/drift
+
+writes ``drift.json`` (per run: its method and one row per saved model) and ``drift.png``.
+
+``overlap`` asks which held-out known facts one run forgot, and whether the interference measures
+of :mod:`factkeep.analysis.overlap` (key similarity, token overlap, shared relation or answer)
+predict it beyond the confounds (relation, answer frequency, question length, base confidence)::
+
+    factkeep analyze overlap run=runs/sft out=runs/an/overlap
+
+writes ``features.jsonl`` (one row per labelled held fact), ``regression.json`` and
+``overlap.png`` (forgetting rate by ``max_key_cosine`` quantile bin). Both commands read and check
+every input before writing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from factkeep.config import ConfigError, help_field
+from factkeep.data.facts import Fact, read_facts
+from factkeep.data.prompts import DEFAULT_TEMPLATE
+from factkeep.errors import DataError
+from factkeep.rundir import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+
+__all__ = ["DriftCommandConfig", "OverlapCommandConfig", "run_drift", "run_overlap"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+
+@dataclass
+class DriftCommandConfig:
+    """Options of ``factkeep analyze drift``."""
+
+    runs: list[str] = help_field([], "Training run folders (required).")
+    facts: str = help_field("", "Facts whose keys are measured (required), e.g. a d_held.jsonl.")
+    reference: str = help_field("", "Reference model (default: each run's starting model).")
+    position: Literal["last", "mean"] = help_field("last", "Last token, or mean over tokens.")
+    kind: Literal["subject", "prompt"] = help_field(
+        "subject", "Key text: the entity name (subject) or the whole question prompt."
+    )
+    max_facts: int = help_field(0, "Measure a seeded random subsample of the facts (0 = all).")
+    seed: int = help_field(0, "Seed of the subsample.")
+    layer: int = help_field(-1, "Hidden-state index (0 = embeddings; -1 = the middle layer).")
+    batch_size: int = help_field(64, "Texts per forward pass.")
+    dtype: str = help_field("auto", "Model dtype: auto, float32, bfloat16 or float16.")
+    device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
+    out: str = help_field("runs/analyze/drift", "Output folder.")
+
+
+@dataclass
+class OverlapCommandConfig:
+    """Options of ``factkeep analyze overlap``."""
+
+    run: str = help_field("", "A training run folder (required).")
+    held: str = help_field("", "Held-out facts (default: d_held.jsonl of the run's data.splits).")
+    split: str = help_field("", "The held facts' split in samples/ (default: the file's stem).")
+    train: list[str] = help_field(
+        [], "Training facts: split names or JSONL paths (default: the run's data.train)."
+    )
+    reference: str = help_field("", "Model the features use (default: the run's starting model).")
+    before: str = help_field(
+        "peak", "'Before' evaluation: peak (best held accuracy), start, or a global step."
+    )
+    after: str = help_field("final", "'After' evaluation: final, or a global step.")
+    l2: float = help_field(1e-6, "Ridge penalty of the logistic regression (standardised scale).")
+    bins: int = help_field(5, "Quantile bins of max_key_cosine in overlap.png.")
+    layer: int = help_field(-1, "Hidden-state index (0 = embeddings; -1 = the middle layer).")
+    batch_size: int = help_field(64, "Texts per forward pass.")
+    dtype: str = help_field("auto", "Model dtype: auto, float32, bfloat16 or float16.")
+    device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
+    out: str = help_field("runs/analyze/overlap", "Output folder.")
+
+
+def _check_common(cfg: DriftCommandConfig | OverlapCommandConfig) -> int | None:
+    if cfg.layer < -1:
+        raise ConfigError(f"layer must be >= 0, or -1 for the middle layer, got {cfg.layer}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
+    if cfg.dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {cfg.dtype!r}")
+    return None if cfg.layer == -1 else cfg.layer
+
+
+def _read_facts_file(path: str, what: str) -> list[Fact]:
+    if not path:
+        raise ConfigError(f"{what}= is required (a facts JSONL file)")
+    if not Path(path).is_file():
+        raise ConfigError(f"{what}: facts file not found: {path}")
+    facts = read_facts(path)
+    if not facts:
+        raise DataError("no facts in the file", path)
+    return facts
+
+
+def _start_torch(cfg: DriftCommandConfig | OverlapCommandConfig) -> None:
+    import torch
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+
+
+def run_drift(cfg: DriftCommandConfig) -> int:
+    """Run ``factkeep analyze drift``: returns the exit code."""
+    from factkeep.analysis.representations import drift_along_run, read_run_config, run_models
+    from factkeep.rundir import write_run_metadata
+
+    layer = _check_common(cfg)
+    if not cfg.runs:
+        raise ConfigError("runs= is required (training run folders)")
+    if cfg.max_facts < 0:
+        raise ConfigError(f"max_facts must be >= 0, got {cfg.max_facts}")
+    facts = _read_facts_file(cfg.facts, "facts")
+    methods = {}
+    for run in cfg.runs:
+        methods[run] = str(read_run_config(run).get("method", "custom"))
+        if not run_models(run):
+            raise ConfigError(f"{run}: the run saved no model (no checkpoint, no finished phase)")
+    if 0 < cfg.max_facts < len(facts):
+        keep = set(random.Random(cfg.seed).sample(range(len(facts)), cfg.max_facts))
+        facts = [f for i, f in enumerate(facts) if i in keep]
+    _start_torch(cfg)
+    runs = []
+    for run in cfg.runs:
+        rows = drift_along_run(
+            run,
+            facts,
+            cfg.reference or None,
+            layer,
+            cfg.position,
+            cfg.kind,
+            batch_size=cfg.batch_size,
+            dtype=cfg.dtype,
+            device=cfg.device,
+        )
+        runs.append({"run": run, "method": methods[run], "rows": rows})
+    out = Path(cfg.out)
+    write_run_metadata(out, cfg, seed=cfg.seed)
+    document = {
+        "facts": cfg.facts,
+        "n_facts": len(facts),
+        "kind": cfg.kind,
+        "position": cfg.position,
+        "layer": "middle" if layer is None else layer,
+        "reference": cfg.reference or "each run's starting model",
+        "runs": runs,
+    }
+    atomic_write_json(out / "drift.json", document)
+    atomic_write_bytes(out / "drift.png", _drift_png(runs))
+    print(f"\nCosine distance of {cfg.kind} hidden states to the reference ({len(facts)} facts):")
+    print(_drift_table(runs))
+    print(f"\nFiles in {out}: drift.json, drift.png")
+    return 0
+
+
+def _drift_table(runs: list[dict[str, Any]]) -> str:
+    width = max(6, *(len(r["method"]) for r in runs))
+    run_width = max(3, *(len(r["run"]) for r in runs))
+    lines = [f"{'method':<{width}} {'run':<{run_width}} {'after format':>12} {'final':>8}"]
+    lines.append("-" * len(lines[0]))
+    for r in runs:
+        fmt = [row for row in r["rows"] if row["phase"] == "format"]
+        after = f"{fmt[-1]['mean_distance']:.4f}" if fmt else "-"
+        final = r["rows"][-1]["mean_distance"]
+        lines.append(f"{r['method']:<{width}} {r['run']:<{run_width}} {after:>12} {final:>8.4f}")
+    return "\n".join(lines)
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    from factkeep.eval.plots import _style
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.subplots()
+    _style(ax)
+    return fig, ax
+
+
+def _drift_png(runs: list[dict[str, Any]]) -> bytes:
+    from factkeep.eval.plots import _png, method_color
+
+    fig, ax = _figure(6.0, 3.6)
+    seen: set[str] = set()
+    for r in runs:
+        steps = [row["step"] for row in r["rows"]]
+        values = [row["mean_distance"] for row in r["rows"]]
+        label = None if r["method"] in seen else r["method"]
+        seen.add(r["method"])
+        ax.plot(
+            steps,
+            values,
+            marker="o",
+            markersize=3,
+            color=method_color(r["method"]),
+            linewidth=1.5,
+            label=label,
+        )
+    ax.set_xlabel("training step", fontsize=9)
+    ax.set_ylabel("mean cosine distance to reference", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def _overlap_inputs(cfg: OverlapCommandConfig) -> dict[str, Any]:
+    """Read and check every input of ``analyze overlap`` (nothing is written)."""
+    from factkeep.analysis.overlap import pick_evaluation, split_correctness
+    from factkeep.analysis.representations import read_run_config
+    from factkeep.eval.transitions import run_sample_files
+    from factkeep.training.run import load_fact_set
+
+    if not cfg.run:
+        raise ConfigError("run= is required (a training run folder)")
+    if cfg.bins < 1:
+        raise ConfigError(f"bins must be >= 1, got {cfg.bins}")
+    if cfg.l2 < 0:
+        raise ConfigError(f"l2 must be >= 0, got {cfg.l2}")
+    config = read_run_config(cfg.run)
+    data = config.get("data") or {}
+    splits = str(data.get("splits") or "")
+    held_path = cfg.held or (str(Path(splits) / "d_held.jsonl") if splits else "")
+    held = _read_facts_file(held_path, "held")
+    train_entries = list(cfg.train) or [str(e) for e in data.get("train") or []]
+    if not train_entries:
+        raise ConfigError("train= is required: the run's config names no training sets")
+    train = [fact for entry in train_entries for fact in load_fact_set(entry, splits)]
+    if not train:
+        raise ConfigError(f"no training facts in {train_entries}")
+    split = cfg.split or Path(held_path).stem
+    files = run_sample_files(cfg.run)
+    if not files:
+        raise ConfigError(f"{cfg.run}: no evaluations (samples/step-*.jsonl)")
+    evals: dict[int, dict[str, bool]] = {}
+    for step, path in files:
+        evals[step], present = split_correctness(path, split)
+        if not evals[step]:
+            raise ConfigError(f"{path}: no facts of split '{split}' (splits: {sorted(present)})")
+    if not {f.id for f in held} & set(evals[files[0][0]]):
+        raise ConfigError(f"no fact of {held_path} is in split '{split}' of {cfg.run}/samples")
+    before = pick_evaluation(cfg.before, "before", evals)
+    after = pick_evaluation(cfg.after, "after", evals)
+    if before >= after:
+        raise ConfigError(f"the 'before' evaluation (step {before}) must precede 'after' ({after})")
+    return {
+        "held": held,
+        "held_path": held_path,
+        "train": train,
+        "train_entries": train_entries,
+        "split": split,
+        "before": before,
+        "after": after,
+        "evals": evals,
+        "reference": cfg.reference or str(config["model"]),
+        "template": str(data.get("template") or DEFAULT_TEMPLATE),
+    }
+
+
+def run_overlap(cfg: OverlapCommandConfig) -> int:
+    """Run ``factkeep analyze overlap``: returns the exit code."""
+    import numpy as np
+
+    from factkeep.analysis.overlap import design_matrix, forgotten_labels, overlap_features
+    from factkeep.analysis.regression import logistic_regression
+    from factkeep.models.loading import load_model_and_tokenizer
+    from factkeep.rundir import write_run_metadata
+
+    layer = _check_common(cfg)
+    inp = _overlap_inputs(cfg)
+    before, after = inp["evals"][inp["before"]], inp["evals"][inp["after"]]
+    labels = forgotten_labels(before, after)
+    held = [f for f in inp["held"] if f.id in labels]
+    log.info(
+        "%d of %d held facts right at step %d; %d of them wrong at step %d",
+        len(held),
+        len(inp["held"]),
+        inp["before"],
+        sum(labels.get(f.id, 0) for f in held),
+        inp["after"],
+    )
+    if not held:
+        raise DataError(
+            f"no held fact of split '{inp['split']}' is right at step {inp['before']}: "
+            "nothing can be forgotten",
+            inp["held_path"],
+        )
+    _start_torch(cfg)
+    model, tokenizer = load_model_and_tokenizer(
+        inp["reference"], dtype=cfg.dtype, device=cfg.device
+    )
+    rows = overlap_features(
+        model, tokenizer, held, inp["train"], layer, inp["template"], cfg.batch_size
+    )
+    for row in rows:
+        row["forgotten"] = labels[row["id"]]
+    y = np.array([row["forgotten"] for row in rows], dtype=np.float64)
+    result, skipped = None, None
+    if 0 < y.sum() < len(y):
+        X, names = design_matrix(rows)
+        result = logistic_regression(X, y, names, l2=cfg.l2)
+    else:
+        skipped = "every labelled fact has the same outcome: no regression"
+        log.warning(skipped)
+    out = Path(cfg.out)
+    write_run_metadata(out, cfg)
+    bins = _forgetting_bins(rows, cfg.bins)
+    atomic_write_jsonl(out / "features.jsonl", rows)
+    atomic_write_json(
+        out / "regression.json",
+        {
+            "run": cfg.run,
+            "held": inp["held_path"],
+            "split": inp["split"],
+            "train": inp["train_entries"],
+            "n_train": len(inp["train"]),
+            "reference": inp["reference"],
+            "layer": "middle" if layer is None else layer,
+            "before_step": inp["before"],
+            "after_step": inp["after"],
+            "n_held": len(inp["held"]),
+            "n_labelled": len(rows),
+            "n_forgotten": int(y.sum()),
+            "forgetting_rate": float(y.mean()),
+            "bins": bins,
+            "regression": result.to_dict() if result else None,
+            "skipped": skipped,
+        },
+    )
+    atomic_write_bytes(out / "overlap.png", _overlap_png(bins, float(y.mean())))
+    print(
+        f"\n{int(y.sum())} of {len(rows)} held facts right at step {inp['before']} are wrong at "
+        f"step {inp['after']} ({100 * y.mean():.1f}%)."
+    )
+    if result is not None:
+        print("\nLogistic regression of forgotten (log-odds):")
+        print(result.format_table())
+    else:
+        print(skipped)
+    print(f"\nFiles in {out}: features.jsonl, regression.json, overlap.png")
+    return 0
+
+
+def _forgetting_bins(rows: list[dict[str, Any]], n_bins: int) -> list[dict[str, Any]]:
+    """Forgetting rate per quantile bin of ``max_key_cosine`` (tied edges merge bins)."""
+    import numpy as np
+
+    values = np.array([row["max_key_cosine"] for row in rows], dtype=np.float64)
+    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)))
+    index = np.searchsorted(edges[1:-1], values, side="right")
+    out = []
+    for b in range(max(1, len(edges) - 1)):
+        members = [row["forgotten"] for row, i in zip(rows, index, strict=True) if i == b]
+        out.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[min(b + 1, len(edges) - 1)]),
+                "n": len(members),
+                "forgetting_rate": sum(members) / len(members) if members else None,
+            }
+        )
+    return out
+
+
+def _overlap_png(bins: list[dict[str, Any]], overall: float) -> bytes:
+    from factkeep.eval.plots import _png
+
+    fig, ax = _figure(6.0, 3.4)
+    rates = [100 * (b["forgetting_rate"] or 0.0) for b in bins]
+    ax.bar(range(len(bins)), rates, color="#e15759", width=0.7)
+    ax.axhline(100 * overall, color="#555555", linestyle="--", linewidth=1, label="all facts")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    for i, (b, rate) in enumerate(zip(bins, rates, strict=True)):
+        ax.annotate(
+            f"n={b['n']}",
+            (i, rate),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(bins)), [f"{b['low']:.2f}–{b['high']:.2f}" for b in bins], fontsize=8)
+    ax.set_xlabel("max key cosine to the training subjects (quantile bins)", fontsize=9)
+    ax.set_ylabel("forgotten (%)", fontsize=9)
+    ax.set_ylim(0, 110)
+    return _png(fig)
