@@ -109,9 +109,11 @@ def test_cli_unknown_option_exits_2(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_cli_pending_command_exits_nonzero(capsys):
+def test_cli_command_group_needs_a_subcommand(capsys):
     assert main(["analyze"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert "give one of: drift, keys, overlap" in capsys.readouterr().err
+    assert main(["analyze", "keys", "--help"]) == 0
+    assert "key_types" in capsys.readouterr().out
 
 
 def test_cli_unknown_command(capsys):

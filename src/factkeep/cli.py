@@ -32,9 +32,8 @@ class Command:
     """A subcommand: what it does, and where its config class and runner live (``module:name``)."""
 
     summary: str
-    config: str | None = None
-    runner: str | None = None
-    pending: str | None = None  # set while the command is not implemented yet
+    config: str
+    runner: str
 
 
 COMMANDS: dict[str, Command] = {
@@ -68,9 +67,30 @@ COMMANDS: dict[str, Command] = {
         config="factkeep.study.report:ReportCommandConfig",
         runner="factkeep.study.report:run_report",
     ),
-    "analyze": Command(
-        "The mechanism study: capacity vs behaviour cloning vs interference.",
-        pending="the mechanism study",
+    "analyze keys": Command(
+        "Mechanism study: forgetting vs scale for name-like vs UUID keys of new facts.",
+        config="factkeep.study.analyze_keys:KeysCommandConfig",
+        runner="factkeep.study.analyze_keys:run_keys",
+    ),
+    "analyze drift": Command(
+        "Mechanism study: hidden-state drift of held-out entities along training runs.",
+        config="factkeep.study.analyze:DriftCommandConfig",
+        runner="factkeep.study.analyze:run_drift",
+    ),
+    "analyze overlap": Command(
+        "Mechanism study: regress forgetting on interference measures and confounds.",
+        config="factkeep.study.analyze:OverlapCommandConfig",
+        runner="factkeep.study.analyze:run_overlap",
+    ),
+    "audit": Command(
+        "Before fine-tuning: the Unknown share of a training set and the known facts at risk.",
+        config="factkeep.study.audit:AuditCommandConfig",
+        runner="factkeep.study.audit:run_audit",
+    ),
+    "sweep": Command(
+        "Run a grid of training runs (methods x options x seeds) with Ray.",
+        config="factkeep.study.sweep:SweepCommandConfig",
+        runner="factkeep.study.sweep:run_sweep",
     ),
     "demo": Command(
         "The whole study on the synthetic world with a tiny model, on a laptop CPU.",
@@ -95,8 +115,7 @@ def _usage() -> str:
         "commands:",
     ]
     for name, cmd in COMMANDS.items():
-        tag = " (not yet available)" if cmd.pending else ""
-        lines.append(f"  {name:<{width}}  {cmd.summary}{tag}")
+        lines.append(f"  {name:<{width}}  {cmd.summary}")
     lines += ["", "Run 'factkeep COMMAND --help' for the options of a command."]
     return "\n".join(lines)
 
@@ -109,8 +128,6 @@ def command_help(name: str, config_cls: type | None) -> str:
         "",
         cmd.summary,
     ]
-    if cmd.pending:
-        lines += ["", f"Not yet available: {cmd.pending} is not implemented in this version."]
     if config_cls is not None:
         lines += ["", "options (defaults < --config file < key=value overrides):"]
         for opt in iter_options(config_cls):
@@ -168,6 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"factkeep {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    if rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands: ``analyze keys``
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    group = sorted(c.split(" ", 1)[1] for c in COMMANDS if c.startswith(f"{name} "))
+    if name not in COMMANDS and group:
+        print(f"factkeep {name}: give one of: {', '.join(group)}\n\n{_usage()}", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         import difflib
 
@@ -183,17 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config_path, overrides, want_help = split_args(rest)
-        config_cls = _load(cmd.config) if cmd.config else None
+        config_cls = _load(cmd.config)
         if want_help:
             print(command_help(name, config_cls))
             return 0
-        if cmd.pending or config_cls is None or cmd.runner is None:
-            print(
-                f"factkeep {name}: not yet available ({cmd.pending} is not implemented in this "
-                "version).",
-                file=sys.stderr,
-            )
-            return 2
         if config_path:
             from factkeep.configs import resolve_config_path
 
