@@ -27,6 +27,7 @@ from factkeep.analysis.representations import (
     middle_layer,
     run_models,
 )
+from factkeep.analysis.summary import read_summary
 from factkeep.cli import main
 from factkeep.config import ConfigError, resolve_config
 from factkeep.configs import resolve_config_path
@@ -273,7 +274,9 @@ def test_analyze_drift_end_to_end(run, tmp_path, capsys) -> None:
     out = tmp_path / "drift"
     args = [f"runs=[{run['run']}]", f"facts={run['held']}", f"out={out}", "threads=1"]
     assert main(["analyze", "drift", *args]) == 0
-    assert {p.name for p in out.iterdir()} >= {"drift.json", "drift.png", "config.yaml"}
+    assert {p.name for p in out.iterdir()} >= {
+        "drift.json", "drift.png", "config.yaml", "analysis.json",
+    }  # fmt: skip
     doc = json.loads((out / "drift.json").read_text())
     (result,) = doc["runs"]
     assert result["method"] == "self_distill"
@@ -284,6 +287,14 @@ def test_analyze_drift_end_to_end(run, tmp_path, capsys) -> None:
     assert all(r["n"] == 5 and r["mean_distance"] >= -1e-6 for r in rows)  # 24 facts, 5 people
     assert rows[-1]["mean_distance"] > rows[1]["mean_distance"]
     assert (out / "drift.png").read_bytes()[:4] == b"\x89PNG"
+    summary = read_summary(out)  # the report's section
+    assert summary.kind == "drift" and [f.file for f in summary.figures] == ["drift.png"]
+    (table,) = summary.tables
+    assert table.columns == ["method", "run", "distance after format phase", "final distance"]
+    assert table.rows == [
+        ["self_distill", str(run["run"]), pytest.approx(rows[1]["mean_distance"]),
+         pytest.approx(rows[-1]["mean_distance"])],
+    ]  # fmt: skip
     printed = capsys.readouterr().out
     assert "after format" in printed and "self_distill" in printed
 
@@ -303,6 +314,13 @@ def test_analyze_overlap_end_to_end(run, tmp_path, capsys) -> None:
     assert names[0] == "(intercept)" and "max_key_cosine" in names
     assert sum(b["n"] for b in doc["bins"]) == 18
     assert (out / "overlap.png").read_bytes()[:4] == b"\x89PNG"
+    summary = read_summary(out)  # the report's section
+    assert summary.kind == "overlap" and [f.file for f in summary.figures] == ["overlap.png"]
+    coefficients, rates = summary.tables
+    assert coefficients.columns == ["term", "estimate", "95% CI", "p"]
+    assert [r[0] for r in coefficients.rows] == names
+    assert rates.columns == ["max key cosine", "facts", "forgotten (%)"]
+    assert rates.rows[-1] == ["all", 18, pytest.approx(100 * 6 / 18, abs=0.05)]
     assert "Logistic regression" in capsys.readouterr().out
 
 

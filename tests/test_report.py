@@ -1,7 +1,8 @@
 """``factkeep report``: transitions, run discovery, the comparison table and the report files.
 
 The run folders are written by hand: sft and self_distill (λ=1) with two seeds each, and
-self_distill with λ=5, each evaluated at steps 0, 10 and 20 on 10 facts per split.
+self_distill with λ=5, each evaluated at steps 0, 10 and 20 on 10 facts per split. The analysis
+folders (``analysis.json`` and a PNG) are written by hand too.
 """
 
 from __future__ import annotations
@@ -11,11 +12,20 @@ import math
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from factkeep.analysis.summary import (
+    AnalysisFigure,
+    AnalysisSummary,
+    AnalysisTable,
+    read_summary,
+    write_summary,
+)
 from factkeep.cli import main
+from factkeep.errors import DataError
 from factkeep.eval.metrics import summarize_run
 from factkeep.eval.report import build_report, comparison_rows, discover_runs, load_run
 from factkeep.eval.transitions import (
@@ -256,3 +266,188 @@ def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
     with Image.open(png) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200  # text, tables and plots, not a blank page
+
+
+# --- analyses (analysis.json) ------------------------------------------------------------------
+
+
+def _png() -> bytes:
+    """A small PNG drawn with matplotlib."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.0, 0.8))
+    FigureCanvasAgg(fig)
+    fig.subplots().plot([0, 1, 2], [0.0, 0.3, 0.2])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=40)
+    return buffer.getvalue()
+
+
+def _summary(kind: str, figure: str) -> AnalysisSummary:
+    return AnalysisSummary(
+        kind=kind,
+        title=f"The {kind} analysis <&>",
+        description=f"What the {kind} analysis measures; higher is more.",
+        tables=[
+            AnalysisTable(
+                f"{kind} per run",
+                ["method", "run", "distance", "steps"],
+                [["sft", "runs/sft", 0.123456, 20], ["self_distill", "runs/sd", None, 30]],
+            )
+        ],
+        figures=[AnalysisFigure(figure, f"The {kind} figure.")],
+    )
+
+
+def _write_analysis(folder: Path, kind: str, png: bytes) -> AnalysisSummary:
+    folder.mkdir(parents=True)
+    (folder / f"{kind}.png").write_bytes(png)
+    summary = _summary(kind, f"{kind}.png")
+    write_summary(folder, summary)
+    return summary
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``demo/runs/sft_s0`` (a run), ``demo/analyze/drift`` and ``extra/keys`` (analyses)."""
+    root = tmp_path_factory.mktemp("study")
+    method, seed, kl, *series = RUNS["sft_s0"]
+    acc = dict(zip(SPLITS, series, strict=True))
+    write_run(root / "demo" / "runs" / "sft_s0", method, seed, kl, acc)
+    png = _png()
+    _write_analysis(root / "demo" / "analyze" / "drift", "drift", png)
+    _write_analysis(root / "extra" / "keys", "keys", png)
+    return {"root": root, "demo": root / "demo", "extra": root / "extra"}
+
+
+def test_summary_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_bytes(_png())
+    summary = _summary("drift", "plots/a.png")
+    summary.tables[0].rows.append(["sd", "x", float("nan"), 1])
+    path = write_summary(tmp_path, summary)
+    assert path == tmp_path / "analysis.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert set(doc) == {"kind", "title", "description", "tables", "figures"}
+    assert doc["tables"][0]["rows"][2] == ["sd", "x", None, 1]  # NaN is written as null
+    assert doc["figures"] == [{"file": "plots/a.png", "caption": "The drift figure."}]
+    summary.tables[0].rows[2][2] = None
+    assert read_summary(tmp_path) == summary
+
+
+def test_write_summary_checks_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"field 'figures\[0\]\.file': no such file"):
+        write_summary(tmp_path, _summary("drift", "drift.png"))
+    (tmp_path / "drift.png").write_bytes(_png())
+    bad = _summary("drift", "drift.png")
+    bad.tables[0].rows[0].pop()
+    with pytest.raises(ValueError, match=r"'tables\[0\]\.rows\[0\]': has 3 cells for 4 columns"):
+        write_summary(tmp_path, bad)
+    assert not (tmp_path / "analysis.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("title"), "analysis.json: field 'title': missing"),
+        (lambda d: d.update(kind=3), "analysis.json: field 'kind': must be a non-empty string"),
+        (lambda d: d.update(figure=[]), "analysis.json: field 'figure': unknown field"),
+        (
+            lambda d: d["tables"][0]["rows"][1].append(1),
+            "analysis.json: field 'tables[0].rows[1]': has 5 cells for 4 columns",
+        ),
+        (
+            lambda d: d["tables"][0]["rows"][0].__setitem__(2, [0.1]),
+            "field 'tables[0].rows[0][2]': must be a string, a number or null, got list",
+        ),
+        (
+            lambda d: d["figures"][0].update(file="gone.png"),
+            "analysis.json: field 'figures[0].file': no such file",
+        ),
+        (
+            lambda d: d["figures"][0].update(file="../drift.png"),
+            "field 'figures[0].file': must be a path inside the analysis folder",
+        ),
+        (None, "analysis.json:1: not valid JSON"),
+    ],
+)
+def test_cli_report_rejects_a_bad_analysis_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any, message: str
+) -> None:
+    folder = tmp_path / "an" / "drift"
+    _write_analysis(folder, "drift", _png())
+    path = folder / "analysis.json"
+    if edit is None:
+        path.write_text("{not json")
+    else:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        edit(doc)
+        path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"analysis\.json"):
+        read_summary(folder)
+    out = tmp_path / "r" / "report.html"
+    assert main(["report", f"analyses=[{tmp_path / 'an'}]", f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_report_with_runs_and_analyses(
+    study: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report.html"
+    args = [f"runs=[{study['demo']}]", f"analyses=[{study['extra']}]", f"out={out}"]
+    assert main(["report", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "| sft |" in printed and "The drift analysis" in printed and "2 analyses" in printed
+    html = out.read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 5  # 3 run figures + 1 per analysis
+    assert html.index("<h2>Runs</h2>") < html.index("<h2>The keys analysis &lt;&amp;&gt;</h2>")
+    assert html.index("The keys analysis") < html.index("The drift analysis")  # analyses= first
+    for text in (
+        "What the drift analysis measures; higher is more.",
+        "<caption>drift per run</caption>",
+        "<td>runs/sd</td>",
+        '<td class="num">0.1235</td>',
+        '<td class="num">—</td>',
+        "<figcaption>The keys figure.</figcaption>",
+    ):
+        assert text in html
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "## The drift analysis <&>" in md and "_drift per run_" in md
+    assert "| sft | runs/sft | 0.1235 | 20 |" in md
+    for name, source in (("drift-drift.png", study["demo"] / "analyze" / "drift" / "drift.png"),
+                         ("keys-keys.png", study["extra"] / "keys" / "keys.png")):  # fmt: skip
+        assert f"](report_files/{name})" in md
+        assert (tmp_path / "report_files" / name).read_bytes() == source.read_bytes()
+
+
+def test_cli_report_finds_analyses_under_runs(
+    study: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report.html"
+    assert main(["report", f"runs=[{study['root']}]", f"out={out}"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "The drift analysis" in html and "The keys analysis" in html
+    assert "<h2>Comparison</h2>" in html and "1 runs" in capsys.readouterr().out
+
+
+def test_cli_report_of_analyses_only(
+    study: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "an.html"
+    assert main(["report", f"analyses=[{study['demo'] / 'analyze'}]", f"out={out}"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 1
+    assert "The drift analysis" in html and "Comparison" not in html and "1 analysis ·" in html
+    assert (tmp_path / "an_files" / "drift-drift.png").is_file()
+    assert "1 analysis. Report:" in capsys.readouterr().out
+    # an analyses folder holding no analysis.json, or nothing at all, is a config error
+    assert main(["report", f"analyses=[{study['demo'] / 'runs'}]", f"out={out}"]) == 2
+    assert "analyses: no analysis.json in" in capsys.readouterr().err
+    assert main(["report", "runs=[]", "analyses=[]", f"out={tmp_path / 'none.html'}"]) == 2
+    assert "runs= or analyses= is required" in capsys.readouterr().err
+    assert not (tmp_path / "none.html").exists()

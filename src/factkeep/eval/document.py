@@ -1,7 +1,8 @@
 """A small document model rendered twice: as one self-contained HTML page and as Markdown.
 
 A document is a list of blocks: ``("h2", text)``, ``("p", text)``, ``("ul", [text])``,
-``("table", header, rows, row colours | None)`` and ``("img", file name, caption, PNG bytes)``.
+``("table", header, rows, row colours | None[, caption])`` and
+``("img", file name, caption, PNG bytes)``.
 :func:`html_document` embeds images as base64 data URIs (no external resources);
 :func:`markdown_document` links them as files in a folder next to the Markdown file.
 """
@@ -37,8 +38,8 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 # The report's content is a list of blocks, rendered as HTML and as Markdown: ("h2", text),
-# ("p", text), ("ul", [text]), ("table", header, rows, row colours | None),
-# ("img", file name, caption, PNG bytes).
+# ("p", text), ("ul", [text]), ("table", header, rows, row colours | None[, caption]),
+# ("img", file name, caption, PNG bytes). Table cells are text.
 Block = tuple[Any, ...]
 
 _CSS = """
@@ -52,7 +53,8 @@ vertical-align:top}th{background:#f3f4f6;text-align:left;font-weight:600;white-s
 .num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}tbody tr:hover{
 background:#f8fafc}.dot{display:inline-block;width:10px;height:10px;border-radius:50%;
 margin-right:7px}figure{margin:8px 0 0}figure img{max-width:100%;height:auto}figcaption{
-color:#656d76;font-size:13px;margin:4px 0 0}
+color:#656d76;font-size:13px;margin:4px 0 0}caption{caption-side:top;text-align:left;
+color:#656d76;font-size:13px;padding:0 0 4px}
 """
 
 
@@ -64,7 +66,7 @@ def html_document(blocks: Sequence[Block], title: str, meta: str) -> str:
         elif kind == "ul":
             parts.append("<ul>" + "".join(f"<li>{escape(t)}</li>" for t in args[0]) + "</ul>")
         elif kind == "table":
-            header, rows, colours = args
+            header, rows, colours, *caption = args
             cls = [' class="num"' if n else "" for n in _numeric(rows, len(header))]
             head = "".join(f"<th{c}>{escape(h)}</th>" for c, h in zip(cls, header, strict=True))
             body = []
@@ -74,8 +76,9 @@ def html_document(blocks: Sequence[Block], title: str, meta: str) -> str:
                     dot = f'<span class="dot" style="background:{escape(colours[i])}"></span>'
                     cells[0] = f"<td>{dot}{escape(row[0])}</td>"
                 body.append("<tr>" + "".join(cells) + "</tr>")
+            cap = f"<caption>{escape(caption[0])}</caption>" if caption and caption[0] else ""
             parts.append(
-                f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+                f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{''.join(body)}</tbody></table></div>"
             )
         elif kind == "img":
@@ -104,7 +107,8 @@ def markdown_document(blocks: Sequence[Block], title: str, meta: str, files: str
         elif kind == "ul":
             parts.append("\n".join(f"- {t}" for t in args[0]))
         elif kind == "table":
-            parts.append(md_table(args[0], args[1]))
+            caption = args[3] if len(args) > 3 and args[3] else ""
+            parts.append((f"_{caption}_\n\n" if caption else "") + md_table(args[0], args[1]))
         elif kind == "img":
             parts.append(f"![{args[1]}]({files}/{args[0]})\n\n_{args[1]}_")
     return "\n\n".join(parts) + "\n"

@@ -6,16 +6,21 @@ whose settings differ from the method's shipped config (another λ = ``loss.kl_w
 temperature, frozen embeddings, ...) form their own row, named after the difference
 (``self_distill (λ=5)``). Seeds are ignored, so the runs of a row are its seeds.
 
+Analyses (folders with an ``analysis.json``, see :mod:`factkeep.analysis.summary`) add one section
+each after the runs' sections: their title, description, tables and figures.
+
 Example::
 
     runs = [load_run(p) for p in discover_runs(["runs/demo/runs"])]
-    build_report(runs, Path("report/report.html"), "demo")  # + report/report.md, report_files/
+    analyses = [load_analysis(p) for p in discover_analyses(["runs/demo/analyze"])]
+    build_report(runs, Path("report/report.html"), "demo", analyses)  # + report.md, report_files/
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from factkeep.analysis.summary import SUMMARY_FILE, AnalysisSummary, Cell, read_summary
 from factkeep.eval.document import Block, html_document, markdown_document, md_table
 from factkeep.eval.metrics import summarize_run
 from factkeep.eval.plots import (
@@ -40,13 +46,17 @@ from factkeep.rundir import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "COLUMNS",
+    "AnalysisData",
     "ComparisonRow",
     "RunData",
     "Stat",
+    "analysis_blocks",
     "build_report",
     "comparison_markdown",
     "comparison_rows",
+    "discover_analyses",
     "discover_runs",
+    "load_analysis",
     "load_run",
     "plot_groups",
     "variant_text",
@@ -138,6 +148,14 @@ class ComparisonRow:
         return self.runs[0].kl_weight
 
 
+@dataclass
+class AnalysisData:
+    """An analysis folder and its ``analysis.json`` (figure files are relative to ``path``)."""
+
+    path: Path
+    summary: AnalysisSummary
+
+
 def _has_train_results(folder: Path) -> bool:
     try:
         data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
@@ -171,6 +189,36 @@ def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
                 seen.add(run.resolve())
                 found.append(run)
     return found
+
+
+def discover_analyses(paths: Iterable[str | Path]) -> list[Path]:
+    """Find analysis folders: those with an ``analysis.json``, at or below each path.
+
+    An analysis folder is not searched further. Hidden folders and nonexistent paths are skipped.
+
+    Returns:
+        The analysis folders in the order of ``paths``, each path's sorted, without duplicates.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for start in map(Path, paths):
+        folders: list[Path] = []
+        for here, subdirs, _ in os.walk(start):
+            if (Path(here) / SUMMARY_FILE).is_file():
+                folders.append(Path(here))
+                subdirs.clear()
+            else:
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for folder in sorted(folders):
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                found.append(folder)
+    return found
+
+
+def load_analysis(folder: str | Path) -> AnalysisData:
+    """Read an analysis folder's ``analysis.json`` (DataError naming the file and field if bad)."""
+    return AnalysisData(Path(folder), read_summary(folder))
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -400,26 +448,76 @@ def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
     ]
 
 
-def build_report(runs: Sequence[RunData], out_html: Path, title: str = "factkeep report") -> None:
+def _cell_text(value: Cell) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return " ".join(str(value).split()) if isinstance(value, str) else str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "analysis"
+
+
+def analysis_blocks(analyses: Sequence[AnalysisData], taken: Iterable[str] = ()) -> list[Block]:
+    """One section per analysis: its title, description, tables and figures.
+
+    A figure's image file is named ``<analysis folder>-<file>`` (``drift-drift.png``), made
+    unique among the analyses and the names in ``taken``.
+    """
+    used = set(taken)
+    blocks: list[Block] = []
+    for analysis in analyses:
+        summary, folder = analysis.summary, analysis.path
+        blocks += [("h2", summary.title), ("p", summary.description)]
+        for table in summary.tables:
+            rows = [[_cell_text(c) for c in row] for row in table.rows]
+            blocks.append(("table", list(table.columns), rows, None, table.caption))
+        prefix = _slug(folder.resolve().name or summary.kind)
+        for figure in summary.figures:
+            stem = f"{prefix}-{_slug(figure.file.replace('/', '-').removesuffix('.png'))}"
+            name, k = f"{stem}.png", 1
+            while name in used:
+                k += 1
+                name = f"{stem}-{k}.png"
+            used.add(name)
+            blocks.append(("img", name, figure.caption, (folder / figure.file).read_bytes()))
+    return blocks
+
+
+def build_report(
+    runs: Sequence[RunData],
+    out_html: Path,
+    title: str = "factkeep report",
+    analyses: Sequence[AnalysisData] = (),
+) -> None:
     """Write a self-contained HTML report and its Markdown twin.
 
     Args:
-        runs: the runs to compare (see :func:`load_run`).
+        runs: the runs to compare (see :func:`load_run`); may be empty when there are analyses.
         out_html: the HTML file; the Markdown twin is written beside it with the suffix ``.md``,
             its images as PNG files in ``<stem>_files/``.
         title: the report's title.
+        analyses: analyses shown after the runs' sections (see :func:`load_analysis`).
 
     Raises:
-        ValueError: if ``runs`` is empty.
+        ValueError: if ``runs`` and ``analyses`` are both empty.
     """
-    if not runs:
-        raise ValueError("a report needs at least one run")
+    if not runs and not analyses:
+        raise ValueError("a report needs at least one run or analysis")
     out_html = Path(out_html)
     rows = comparison_rows(runs)
-    blocks = report_blocks(rows)
+    blocks = report_blocks(rows) if rows else []
+    blocks += analysis_blocks(analyses, taken=[b[1] for b in blocks if b[0] == "img"])
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
-    methods = len({r.method for r in runs})
-    meta = f"{len(runs)} runs · {methods} methods · {len(rows)} rows · generated {when}"
+    parts = []
+    if runs:
+        methods = len({r.method for r in runs})
+        parts.append(f"{len(runs)} runs · {methods} methods · {len(rows)} rows")
+    if analyses:
+        parts.append(f"{len(analyses)} {'analysis' if len(analyses) == 1 else 'analyses'}")
+    meta = " · ".join([*parts, f"generated {when}"])
     files = f"{out_html.stem}_files"
     written = [out_html, out_html.with_suffix(".md")]
     for kind, *args in blocks:

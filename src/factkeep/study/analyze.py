@@ -5,7 +5,8 @@ middle-layer hidden states moved from the reference model's (method.md section 6
 
     factkeep analyze drift runs=[runs/sft,runs/sd] facts=runs/split/d_held.jsonl out=runs/an/drift
 
-writes ``drift.json`` (per run: its method and one row per saved model) and ``drift.png``.
+writes ``drift.json`` (per run: its method and one row per saved model), ``drift.png`` and
+``analysis.json`` (its section of ``factkeep report``, see :mod:`factkeep.analysis.summary`).
 
 ``overlap`` asks which held-out known facts one run forgot, and whether the interference measures
 of :mod:`factkeep.analysis.overlap` (key similarity, token overlap, shared relation or answer)
@@ -13,9 +14,9 @@ predict it beyond the confounds (relation, answer frequency, question length, ba
 
     factkeep analyze overlap run=runs/sft out=runs/an/overlap
 
-writes ``features.jsonl`` (one row per labelled held fact), ``regression.json`` and
-``overlap.png`` (forgetting rate by ``max_key_cosine`` quantile bin). Both commands read and check
-every input before writing anything.
+writes ``features.jsonl`` (one row per labelled held fact), ``regression.json``, ``overlap.png``
+(forgetting rate by ``max_key_cosine`` quantile bin) and ``analysis.json``. Both commands read and
+check every input before writing anything.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from factkeep.analysis.summary import AnalysisFigure, AnalysisSummary, AnalysisTable, write_summary
 from factkeep.config import ConfigError, help_field
 from factkeep.data.facts import Fact, read_facts
 from factkeep.data.prompts import DEFAULT_TEMPLATE
@@ -162,9 +164,10 @@ def run_drift(cfg: DriftCommandConfig) -> int:
     }
     atomic_write_json(out / "drift.json", document)
     atomic_write_bytes(out / "drift.png", _drift_png(runs))
+    write_summary(out, _drift_summary(document))
     print(f"\nCosine distance of {cfg.kind} hidden states to the reference ({len(facts)} facts):")
     print(_drift_table(runs))
-    print(f"\nFiles in {out}: drift.json, drift.png")
+    print(f"\nFiles in {out}: drift.json, drift.png, analysis.json")
     return 0
 
 
@@ -179,6 +182,36 @@ def _drift_table(runs: list[dict[str, Any]]) -> str:
         final = r["rows"][-1]["mean_distance"]
         lines.append(f"{r['method']:<{width}} {r['run']:<{run_width}} {after:>12} {final:>8.4f}")
     return "\n".join(lines)
+
+
+def _drift_summary(doc: dict[str, Any]) -> AnalysisSummary:
+    """The report section of ``analyze drift`` (``doc``: the content of drift.json)."""
+    rows: list[list[Any]] = []
+    for r in doc["runs"]:
+        fmt = [row["mean_distance"] for row in r["rows"] if row["phase"] == "format"]
+        rows.append(
+            [r["method"], r["run"], fmt[-1] if fmt else None, r["rows"][-1]["mean_distance"]]
+        )
+    layer = "middle layer" if doc["layer"] == "middle" else f"layer {doc['layer']}"
+    where = f"{layer}, {'last token' if doc['position'] == 'last' else 'mean over tokens'}"
+    return AnalysisSummary(
+        kind="drift",
+        title="Hidden-state drift of held-out entities",
+        description=(
+            f"Mean cosine distance between the {doc['kind']} hidden states ({where}) of "
+            f"{doc['n_facts']} held-out facts in each saved model and in the reference model "
+            f"({doc['reference']}). 0 means the keys did not move; higher means the fine-tuning "
+            "moved the representations of facts it did not train on."
+        ),
+        tables=[
+            AnalysisTable(
+                "Mean cosine distance to the reference (— : the run has no format phase).",
+                ["method", "run", "distance after format phase", "final distance"],
+                rows,
+            )
+        ],
+        figures=[AnalysisFigure("drift.png", "Mean cosine distance along training, per run.")],
+    )
 
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
@@ -341,6 +374,7 @@ def run_overlap(cfg: OverlapCommandConfig) -> int:
         },
     )
     atomic_write_bytes(out / "overlap.png", _overlap_png(bins, float(y.mean())))
+    write_summary(out, _overlap_summary(cfg.run, inp, bins, result, y))
     print(
         f"\n{int(y.sum())} of {len(rows)} held facts right at step {inp['before']} are wrong at "
         f"step {inp['after']} ({100 * y.mean():.1f}%)."
@@ -350,8 +384,67 @@ def run_overlap(cfg: OverlapCommandConfig) -> int:
         print(result.format_table())
     else:
         print(skipped)
-    print(f"\nFiles in {out}: features.jsonl, regression.json, overlap.png")
+    print(f"\nFiles in {out}: features.jsonl, regression.json, overlap.png, analysis.json")
     return 0
+
+
+def _overlap_summary(
+    run: str, inp: dict[str, Any], bins: list[dict[str, Any]], result: Any, y: Any
+) -> AnalysisSummary:
+    """The report section of ``analyze overlap``."""
+    tables = []
+    if result is not None:
+        coefs = [
+            [c.name, c.estimate, f"[{c.ci_low:.3g}, {c.ci_high:.3g}]", c.p_value]
+            for c in result.coefficients
+        ]
+        tables.append(
+            AnalysisTable(
+                f"Logistic regression of forgotten (log-odds per unit; n = {result.n}, "
+                f"{result.n_positive} forgotten).",
+                ["term", "estimate", "95% CI", "p"],
+                coefs,
+            )
+        )
+    rates = [
+        [f"{b['low']:.3f}–{b['high']:.3f}", b["n"], _percent(b["forgetting_rate"])] for b in bins
+    ]
+    rates.append(["all", len(y), _percent(float(y.mean()))])
+    tables.append(
+        AnalysisTable(
+            "Forgetting rate by max key cosine (quantile bins).",
+            ["max key cosine", "facts", "forgotten (%)"],
+            rates,
+        )
+    )
+    regression = (
+        "A logistic regression asks whether the interference measures (key similarity, token "
+        "overlap, shared relation or answer) predict it beyond the confounds (relation, answer "
+        "frequency, question length, base confidence): a positive estimate whose CI excludes 0 "
+        "means more forgetting."
+        if result is not None
+        else "Every labelled fact has the same outcome, so no regression was fitted."
+    )
+    return AnalysisSummary(
+        kind="overlap",
+        title="What predicts forgetting: interference with the training facts",
+        description=(
+            f"A held-out fact of {run} right at step {inp['before']} counts as forgotten if it "
+            f"is wrong at step {inp['after']} ({int(y.sum())} of {len(y)} facts). " + regression
+        ),
+        tables=tables,
+        figures=[
+            AnalysisFigure(
+                "overlap.png",
+                "Forgetting rate by quantile bin of the largest key cosine similarity to a "
+                "training subject; the dashed line is the rate over all facts.",
+            )
+        ],
+    )
+
+
+def _percent(rate: float | None) -> float | None:
+    return None if rate is None else round(100 * rate, 1)
 
 
 def _forgetting_bins(rows: list[dict[str, Any]], n_bins: int) -> list[dict[str, Any]]:
