@@ -152,3 +152,18 @@ def test_gradients_stay_finite_when_the_student_is_certain(k) -> None:
         value = cached_topk_kl(student, topk_targets(teacher, 0.5, k), mask, 0.5, direction)
         (grad,) = torch.autograd.grad(value, student)
         assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_the_fused_kl_has_the_autograd_value_and_gradient(chunk) -> None:
+    base = _logits(7, (3, 6, 13)).requires_grad_(True)
+    student = base[:, :-1]  # a non-contiguous view, as the trainer's shifted logits are
+    targets = topk_targets(_logits(8, (3, 5, 13)), 0.5, k=4)
+    mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) > 0.3
+    fused = cached_topk_kl(student, targets, mask, 0.5, chunk_size=chunk)
+    plain = cached_topk_kl(student, targets, mask, 0.5, chunk_size=chunk, fused=False)
+    assert float(fused.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
+    (g_fused,) = torch.autograd.grad(3.0 * fused, base)
+    (g_plain,) = torch.autograd.grad(3.0 * plain, base)
+    torch.testing.assert_close(g_fused, g_plain, rtol=1e-5, atol=1e-7)
+    assert torch.all(g_fused[:, -1] == 0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -108,6 +109,7 @@ def cached_topk_kl(
     temperature: float,
     direction: KLDirection = "forward",
     chunk_size: int | None = None,
+    fused: bool = True,
 ) -> Tensor:
     """Mean over masked positions of the coarse-grained KL (see the module docstring).
 
@@ -117,7 +119,12 @@ def cached_topk_kl(
         mask: ``(B, T)`` positions to average over.
         temperature: ``τ``, the one the targets were computed with.
         direction: ``"forward"`` (teacher first) or ``"reverse"``.
-        chunk_size: rows per chunk with activation checkpointing (None = all at once).
+        chunk_size: rows per chunk with activation checkpointing (None = all at once; with
+            ``fused``, :data:`_FUSED_CHUNK`).
+        fused: for the forward direction, use :class:`_FusedForwardTopKKL`, whose backward
+            writes the analytic gradient chunk by chunk, never holding an ``(N, V)`` temporary
+            (same values and gradients up to float rounding). The reverse direction always
+            goes through autograd.
 
     Returns:
         Scalar float32, not multiplied by ``τ²``; 0 (connected to the graph) for an empty mask.
@@ -130,10 +137,23 @@ def cached_topk_kl(
     if direction not in ("forward", "reverse"):
         raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
     selected = mask.to(device=student_logits.device, dtype=torch.bool)  # (B, T)
-    student = student_logits[selected]  # (N, V)
-    if student.shape[0] == 0:
+    if not bool(selected.any()):
         return _graph_zero(student_logits)
-    device = student.device
+    device = student_logits.device
+    if direction == "forward" and fused:
+        b_idx, t_idx = selected.nonzero(as_tuple=True)  # (N,), (N,)
+        value = _FusedForwardTopKKL.apply(
+            student_logits,
+            b_idx,
+            t_idx,
+            targets.ids[selected].to(device).long(),
+            targets.logp[selected].to(device).float(),
+            targets.tail_logp[selected].to(device).float(),
+            temperature,
+            chunk_size or _FUSED_CHUNK,
+        )
+        return cast(Tensor, value)
+    student = student_logits[selected]  # (N, V)
     rows = (
         student,
         targets.ids[selected].to(device).long(),  # (N, k)
@@ -143,3 +163,71 @@ def cached_topk_kl(
     fn = functools.partial(_rows_topk_kl, temperature=temperature, direction=direction)
     per_row = map_row_chunks(fn, rows, chunk_size)  # (N,)
     return per_row.sum() / per_row.shape[0]
+
+
+_FUSED_CHUNK = 512  # rows per chunk of the fused KL: (512, V) float32 temporaries
+
+
+def _chunk_stats(
+    z: Tensor, ids: Tensor, logp_t: Tensor, tail_t: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row KL, log-normaliser and student tail log-mass of tempered logits ``z`` (c, V)."""
+    lse = torch.logsumexp(z, dim=-1)  # (c,)
+    logq = z.gather(-1, ids) - lse[:, None]  # (c, k)
+    tail_s = (torch.logsumexp(z.scatter(-1, ids, _FILL), dim=-1) - lse).clamp(min=TAIL_FLOOR)
+    p, p_tail = logp_t.exp(), tail_t.exp()
+    kl = (p * (logp_t - logq)).sum(-1) + torch.where(p_tail > 0, p_tail * (tail_t - tail_s), 0.0)
+    return kl, lse, tail_s
+
+
+class _FusedForwardTopKKL(torch.autograd.Function):
+    """Forward top-k KL with an analytic, chunked backward.
+
+    With ``q = softmax(z/τ)``, teacher buckets ``p_i`` (top-k) and ``p_tail``, student tail
+    ``q_tail``, the gradient of ``KL_k(p ‖ q)`` with respect to the logit ``z_v`` is
+    ``(q_v − p_v)/τ`` for a top-k token and ``(q_v − p_tail·q_v/q_tail)/τ`` for any other token.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: Tensor,  # (B, T, V)
+        b_idx: Tensor,  # (N,)
+        t_idx: Tensor,  # (N,)
+        ids: Tensor,  # (N, k)
+        logp_t: Tensor,  # (N, k)
+        tail_t: Tensor,  # (N,)
+        temperature: float,
+        chunk: int,
+    ) -> Tensor:
+        n = b_idx.shape[0]
+        total = logits.new_zeros((), dtype=torch.float32)
+        lse_all, tail_all = [], []
+        for s in range(0, n, chunk):
+            sl = slice(s, s + chunk)
+            z = logits[b_idx[sl], t_idx[sl]].float() / temperature  # (c, V)
+            kl, lse, tail_s = _chunk_stats(z, ids[sl], logp_t[sl], tail_t[sl])
+            total = total + kl.sum()
+            lse_all.append(lse)
+            tail_all.append(tail_s)
+        ctx.save_for_backward(logits, b_idx, t_idx, ids, logp_t, tail_t,
+                              torch.cat(lse_all), torch.cat(tail_all))  # fmt: skip
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        logits, b_idx, t_idx, ids, logp_t, tail_t, lse, tail_s = ctx.saved_tensors
+        tau, chunk, n = ctx.temperature, ctx.chunk, b_idx.shape[0]
+        grad = torch.zeros_like(logits)  # (B, T, V)
+        scale = grad_out.float() / (n * tau)
+        for s in range(0, n, chunk):
+            sl = slice(s, s + chunk)
+            z = logits[b_idx[sl], t_idx[sl]].float() / tau  # (c, V)
+            shifted = z - lse[sl, None]  # log q, (c, V)
+            q = shifted.exp()
+            # Other tokens: q_v − p_tail·q_v/q_tail, with q_v/q_tail = exp(log q_v − log q_tail).
+            g = q - tail_t[sl, None].exp() * (shifted - tail_s[sl, None]).exp()
+            g.scatter_(-1, ids[sl], q.gather(-1, ids[sl]) - logp_t[sl].exp())
+            grad[b_idx[sl], t_idx[sl]] = (g * scale).to(grad.dtype)
+        return grad, None, None, None, None, None, None, None
