@@ -57,6 +57,27 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
     assert text.count("[demo] reusing") == 3  # probe + both runs
     assert (out / "runs" / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
 
+    # Several seeds: the world, probe and splits are reused, one run per method and seed.
+    assert main(["demo", f"out={out}", *TINY, "methods=[sft]", "seeds=[0,1]"]) == 0
+    text = capsys.readouterr().out
+    assert "reusing the probe results" in text and "[demo] reusing" in text  # sft_s0 is new
+    assert "| sft_s0 |" in (out / "summary.md").read_text()
+    assert (out / "runs" / "sft_s1" / "results.json").is_file()
+    assert "sft" in (out / "report.md").read_text()
+
+
+def test_presets_fill_only_the_options_left_at_their_defaults() -> None:
+    from factkeep.config import ConfigError, resolve_config
+    from factkeep.study.demo import DemoConfig, apply_preset
+
+    cfg = apply_preset(resolve_config(DemoConfig, None, ["preset=paper", "n_train=300"]))
+    assert cfg.n_train == 300  # set by the user
+    assert cfg.probe_preset == "original" and cfg.seeds == [0, 1, 2]
+    assert "early_stopping" in cfg.methods
+    assert apply_preset(DemoConfig()).n_train == DemoConfig().n_train
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        apply_preset(resolve_config(DemoConfig, None, ["preset=huge"]))
+
 
 @pytest.mark.slow
 def test_full_demo_shows_the_papers_directions(tmp_path) -> None:

@@ -53,12 +53,34 @@ DEMO_METHODS = [
 ]
 STAGE_FILE = "demo_stage.json"
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {},
+    # The paper's protocol on the same world: the original 16-sample probe, larger splits, every
+    # method and control, three seeds (about an hour on a 2-core CPU, minutes on a GPU).
+    "paper": {
+        "probe_preset": "original",
+        "n_train": 2000,
+        "n_held": 500,
+        "n_dev": 200,
+        "methods": [
+            *DEMO_METHODS,
+            *("kl_to_base", "label_smoothing", "replay", "known_patch", "ewc", "early_stopping"),
+        ],
+        "seeds": [0, 1, 2],
+    },
+}
+
 
 @dataclass
 class DemoConfig:
     """Options of ``factkeep demo``."""
 
     out: str = help_field("runs/demo", "Output folder of the whole study.")
+    preset: str = help_field(
+        "laptop",
+        "laptop (the default study, minutes on a CPU) or paper (the original probe protocol, "
+        "larger splits, every method and control, 3 seeds; options you set yourself win).",
+    )
     world: WorldSpec = nested(WorldSpec, "The generated knowledge base.")
     model: TinyModelConfig = nested(TinyModelConfig, "Shape of the tiny model.")
     pretrain: PretrainConfig = nested(PretrainConfig, "Pretraining optimisation.")
@@ -74,7 +96,19 @@ class DemoConfig:
         [], "Extra 'key=value' options for every training run (e.g. optim.epochs=10)."
     )
     seed: int = help_field(0, "Seed of the splits and of training.")
+    seeds: list[int] = help_field([], "Training seeds (empty = [seed]); runs are <method>_s<seed>.")
     threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
+
+
+def apply_preset(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` with its preset's values for every option still at its default."""
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got '{cfg.preset}'")
+    defaults = DemoConfig()
+    for name, value in PRESETS[cfg.preset].items():
+        if getattr(cfg, name) == getattr(defaults, name):
+            setattr(cfg, name, value)
+    return cfg
 
 
 def _key(payload: Any) -> str:
@@ -114,6 +148,7 @@ def run_demo(cfg: DemoConfig) -> int:
     from factkeep.study.train import train_summary
     from factkeep.training.run import check_resumable, train
 
+    cfg = apply_preset(cfg)
     t0 = time.time()
     timing: dict[str, float] = {}
     mark = time.time()
@@ -179,9 +214,11 @@ def run_demo(cfg: DemoConfig) -> int:
 
     lap("split")
     results: dict[str, dict[str, Any]] = {}
-    for i, method in enumerate(cfg.methods, 1):
-        run_dir = out / "runs" / method
-        print(f"\n[demo] 4/5 training {i}/{len(cfg.methods)}: {method} -> {run_dir}")
+    seeds = cfg.seeds or [cfg.seed]
+    jobs = [(m, s, m if len(seeds) == 1 else f"{m}_s{s}") for m in cfg.methods for s in seeds]
+    for i, (method, seed, name) in enumerate(jobs, 1):
+        run_dir = out / "runs" / name
+        print(f"\n[demo] 4/5 training {i}/{len(jobs)}: {name} -> {run_dir}")
         train_cfg = resolve_config(
             TrainCommandConfig,
             resolve_config_path(method),
@@ -189,7 +226,7 @@ def run_demo(cfg: DemoConfig) -> int:
                 f"model={model_dir}",
                 f"data.splits={split_dir}",
                 f"out={run_dir}",
-                f"seed={cfg.seed}",
+                f"seed={seed}",
                 f"threads={cfg.threads}",
                 "progress=false",
                 *cfg.train_overrides,
@@ -198,7 +235,7 @@ def run_demo(cfg: DemoConfig) -> int:
         key = _key([model_key, asdict(split_cfg), asdict(train_cfg)])
         if _cached(run_dir, key, "results.json"):
             print(f"[demo] reusing {run_dir} (same model, splits and config)")
-            results[method] = json.loads((run_dir / "results.json").read_text())
+            results[name] = json.loads((run_dir / "results.json").read_text())
             continue
         try:
             check_resumable(train_cfg, run_dir)
@@ -208,16 +245,16 @@ def run_demo(cfg: DemoConfig) -> int:
         summary = train_summary(train_cfg, result)
         atomic_write_json(run_dir / "results.json", summary)
         _mark(run_dir, key)
-        results[method] = summary
+        results[name] = summary
         held = summarize_run(result.metrics)
-        print(f"[demo] {method}: forgetting of D_held {held['forgetting']:.1%}")
+        print(f"[demo] {name}: forgetting of D_held {held['forgetting']:.1%}")
 
     lap("train")
     table = comparison_table(results)
     atomic_write_text(out / "summary.md", table + "\n")
     report = out / "report.html"
     print(f"\n[demo] 5/5 report -> {report}")
-    runs = [load_run(out / "runs" / m) for m in cfg.methods]
+    runs = [load_run(out / "runs" / name) for _, _, name in jobs]
     build_report(runs, report, title="factkeep demo: learning new facts vs forgetting known ones")
     lap("report")
     timing["total"] = round(time.time() - t0, 1)
