@@ -102,3 +102,33 @@ def test_two_gloo_processes_match_one_process(setup, tmp_path) -> None:
     res = json.loads((two / "results.json").read_text())
     assert res["teacher_forwards"] > 0
     assert (two / "model" / "model.safetensors").is_file()
+
+
+def test_teacher_placement_single_process_and_refusals(setup) -> None:
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedType
+
+    from factkeep.errors import FactkeepError
+    from factkeep.methods.teacher import Teacher
+    from factkeep.methods.teacher_placement import is_sharded, place_teacher
+
+    teacher = Teacher.from_pretrained(setup / "model")
+    teacher.model.train()
+    plain = SimpleNamespace(
+        distributed_type=DistributedType.NO, device=torch.device("cpu"), state=SimpleNamespace()
+    )
+    place_teacher(teacher, plain, needs_full_parameters=True)
+    assert not teacher.model.training and not is_sharded(plain)
+    assert all(p.device.type == "cpu" and not p.requires_grad for p in teacher.model.parameters())
+    zero3 = SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        device=torch.device("cpu"),
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)),
+    )
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP, device=torch.device("cpu"))
+    for acc in (zero3, fsdp):
+        assert is_sharded(acc)
+        with pytest.raises(FactkeepError, match="do not support FSDP or DeepSpeed ZeRO-3"):
+            place_teacher(teacher, acc, needs_full_parameters=True)

@@ -254,7 +254,7 @@ def keys_png(rows: list[dict]) -> bytes:
     ax.set_xscale("log")
     ax.set_xlabel("new facts trained (log scale)")
     ax.set_ylabel("forgetting of held facts (%)")
-    ax.set_title("Forgetting by key type: interference needs overlapping keys")
+    ax.set_title("Forgetting of held facts by the key type of the new facts")
     _style(ax)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()

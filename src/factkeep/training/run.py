@@ -476,6 +476,8 @@ class _Runner:
             loss_terms=terms,
             teacher=teacher,
             teacher_cache=cache,
+            teacher_needs_full_parameters=cfg.teacher.kind == "ema"
+            or any(isinstance(t, L2ToAnchor) for t in terms),
             callbacks=callbacks,
         )
         log.info(

@@ -33,6 +33,7 @@ from factkeep.errors import FactkeepError
 from factkeep.methods.functional import shift_for_next_token
 from factkeep.methods.teacher import Teacher
 from factkeep.methods.teacher_cache import TeacherCache
+from factkeep.methods.teacher_placement import place_teacher
 from factkeep.methods.terms import LossContext, LossTerm
 from factkeep.methods.topk_kl import TopKTargets
 
@@ -52,6 +53,7 @@ class FactTrainer(Trainer):
         loss_terms: Sequence[LossTerm],
         teacher: Teacher | None = None,
         teacher_cache: TeacherCache | None = None,
+        teacher_needs_full_parameters: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +65,8 @@ class FactTrainer(Trainer):
         self.loss_terms = list(loss_terms)
         self.teacher = teacher
         self.teacher_cache = teacher_cache
+        self._teacher_full = teacher_needs_full_parameters
+        self._teacher_placed = False
         # Terms average over their own tokens; let the Trainer scale for accumulation.
         self.model_accepts_loss_kwargs = False
         self._term_sums: dict[str, float] = {}
@@ -89,6 +93,9 @@ class FactTrainer(Trainer):
         def teacher_logits() -> torch.Tensor:
             if not cache:
                 assert self.teacher is not None
+                if not self._teacher_placed:  # DDP / FSDP / ZeRO-3 placement, once
+                    place_teacher(self.teacher, self.accelerator, self._teacher_full)
+                    self._teacher_placed = True
                 full = self.teacher.logits(inputs["input_ids"], attention_mask)
                 cache.append(full[:, :-1])  # (B, T-1, V)
             return cache[0]
