@@ -167,3 +167,22 @@ def test_the_fused_kl_has_the_autograd_value_and_gradient(chunk) -> None:
     (g_plain,) = torch.autograd.grad(3.0 * plain, base)
     torch.testing.assert_close(g_fused, g_plain, rtol=1e-5, atol=1e-7)
     assert torch.all(g_fused[:, -1] == 0)
+
+
+def test_fused_gradient_stays_bounded_when_the_student_tail_is_tiny_and_the_teachers_is_not() -> (
+    None
+):
+    # The student puts all but ~1e-9 of its mass on the teacher's top token; the teacher keeps
+    # 30% outside its top-1: the exact tail keeps the gradient within [-1, 1] / (N τ).
+    vocab = 50
+    student = torch.full((1, 1, vocab), -21.0)
+    student[0, 0, 0] = 0.0
+    student.requires_grad_(True)
+    teacher = torch.log(torch.tensor([0.7] + [0.3 / (vocab - 1)] * (vocab - 1)))[None, None]
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    value = cached_topk_kl(student, topk_targets(teacher, 1.0, k=1), mask, 1.0)
+    (grad,) = torch.autograd.grad(value, student)
+    plain = cached_topk_kl(student, topk_targets(teacher, 1.0, k=1), mask, 1.0, fused=False)
+    (grad_plain,) = torch.autograd.grad(plain, student)
+    assert torch.isfinite(grad).all() and grad.abs().max() <= 1.0
+    torch.testing.assert_close(grad, grad_plain, rtol=1e-3, atol=1e-6)

@@ -165,27 +165,18 @@ def cached_topk_kl(
     return per_row.sum() / per_row.shape[0]
 
 
-_FUSED_CHUNK = 512  # rows per chunk of the fused KL: (512, V) float32 temporaries
-
-
-def _chunk_stats(
-    z: Tensor, ids: Tensor, logp_t: Tensor, tail_t: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Row KL, log-normaliser and student tail log-mass of tempered logits ``z`` (c, V)."""
-    lse = torch.logsumexp(z, dim=-1)  # (c,)
-    logq = z.gather(-1, ids) - lse[:, None]  # (c, k)
-    tail_s = (torch.logsumexp(z.scatter(-1, ids, _FILL), dim=-1) - lse).clamp(min=TAIL_FLOOR)
-    p, p_tail = logp_t.exp(), tail_t.exp()
-    kl = (p * (logp_t - logq)).sum(-1) + torch.where(p_tail > 0, p_tail * (tail_t - tail_s), 0.0)
-    return kl, lse, tail_s
+_FUSED_CHUNK = 64  # rows per chunk of the fused KL: (64, V) float32 temporaries stay in cache
 
 
 class _FusedForwardTopKKL(torch.autograd.Function):
-    """Forward top-k KL with an analytic, chunked backward.
+    """Forward top-k KL whose gradient is computed analytically in the same pass as its value.
 
     With ``q = softmax(z/τ)``, teacher buckets ``p_i`` (top-k) and ``p_tail``, student tail
     ``q_tail``, the gradient of ``KL_k(p ‖ q)`` with respect to the logit ``z_v`` is
-    ``(q_v − p_v)/τ`` for a top-k token and ``(q_v − p_tail·q_v/q_tail)/τ`` for any other token.
+    ``(q_v − p_v)/τ`` for a top-k token and ``q_v·(1 − p_tail/q_tail)/τ`` for any other token.
+    The forward pass computes ``q`` chunk by chunk with in-place operations, stores the gradient
+    in one ``(B, T, V)`` buffer and the backward pass only scales it: about ten passes over the
+    selected logits in all, and no temporaries larger than ``(chunk, V)``.
     """
 
     @staticmethod
@@ -201,33 +192,30 @@ class _FusedForwardTopKKL(torch.autograd.Function):
         chunk: int,
     ) -> Tensor:
         n = b_idx.shape[0]
-        total = logits.new_zeros((), dtype=torch.float32)
-        lse_all, tail_all = [], []
-        for s in range(0, n, chunk):
-            sl = slice(s, s + chunk)
-            z = logits[b_idx[sl], t_idx[sl]].float() / temperature  # (c, V)
-            kl, lse, tail_s = _chunk_stats(z, ids[sl], logp_t[sl], tail_t[sl])
-            total = total + kl.sum()
-            lse_all.append(lse)
-            tail_all.append(tail_s)
-        ctx.save_for_backward(logits, b_idx, t_idx, ids, logp_t, tail_t,
-                              torch.cat(lse_all), torch.cat(tail_all))  # fmt: skip
-        ctx.temperature, ctx.chunk = temperature, chunk
+        grad = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        with torch.no_grad():
+            for s in range(0, n, chunk):
+                sl = slice(s, s + chunk)
+                q = logits[b_idx[sl], t_idx[sl]].float()  # (c, V), a copy we own
+                q.div_(temperature)
+                q.sub_(q.amax(dim=-1, keepdim=True)).exp_()
+                q.div_(q.sum(dim=-1, keepdim=True))  # softmax(z / τ)
+                q_k = q.gather(-1, ids[sl])  # (c, k)
+                q.scatter_(-1, ids[sl], 0.0)  # the tail summed directly: no 1 − Σ cancellation
+                q_tail = q.sum(-1).clamp(min=math.exp(TAIL_FLOOR))  # (c,)
+                p_k, p_tail = logp_t[sl].exp(), tail_t[sl].exp()
+                kl = (p_k * (logp_t[sl] - q_k.clamp(min=1e-38).log())).sum(-1)
+                kl = kl + torch.where(p_tail > 0, p_tail * (tail_t[sl] - q_tail.log()), 0.0)
+                total += kl.sum()
+                q.mul_((1.0 - p_tail / q_tail)[:, None])  # tokens outside the top-k
+                q.scatter_(-1, ids[sl], q_k - p_k)  # the top-k tokens
+                grad[b_idx[sl], t_idx[sl]] = q.to(grad.dtype)
+        ctx.save_for_backward(grad)
+        ctx.scale = 1.0 / (n * temperature)
         return total / n
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        logits, b_idx, t_idx, ids, logp_t, tail_t, lse, tail_s = ctx.saved_tensors
-        tau, chunk, n = ctx.temperature, ctx.chunk, b_idx.shape[0]
-        grad = torch.zeros_like(logits)  # (B, T, V)
-        scale = grad_out.float() / (n * tau)
-        for s in range(0, n, chunk):
-            sl = slice(s, s + chunk)
-            z = logits[b_idx[sl], t_idx[sl]].float() / tau  # (c, V)
-            shifted = z - lse[sl, None]  # log q, (c, V)
-            q = shifted.exp()
-            # Other tokens: q_v − p_tail·q_v/q_tail, with q_v/q_tail = exp(log q_v − log q_tail).
-            g = q - tail_t[sl, None].exp() * (shifted - tail_s[sl, None]).exp()
-            g.scatter_(-1, ids[sl], q.gather(-1, ids[sl]) - logp_t[sl].exp())
-            grad[b_idx[sl], t_idx[sl]] = (g * scale).to(grad.dtype)
-        return grad, None, None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return grad * (grad_out * ctx.scale), None, None, None, None, None, None, None
