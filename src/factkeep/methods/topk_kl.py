@@ -175,8 +175,9 @@ class _FusedForwardTopKKL(torch.autograd.Function):
     ``q_tail``, the gradient of ``KL_k(p ‖ q)`` with respect to the logit ``z_v`` is
     ``(q_v − p_v)/τ`` for a top-k token and ``q_v·(1 − p_tail/q_tail)/τ`` for any other token.
     The forward pass computes ``q`` chunk by chunk with in-place operations, stores the gradient
-    in one ``(B, T, V)`` buffer and the backward pass only scales it: about ten passes over the
-    selected logits in all, and no temporaries larger than ``(chunk, V)``.
+    in one ``(B, T, V)`` buffer and the backward pass scales it in place (so the graph cannot be
+    back-propagated twice): about ten passes over the selected logits in all, and no temporaries
+    larger than ``(chunk, V)``.
     """
 
     @staticmethod
@@ -217,5 +218,5 @@ class _FusedForwardTopKKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return grad * (grad_out * ctx.scale), None, None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors  # our own buffer, used once: scaled in place
+        return grad.mul_(grad_out * ctx.scale), None, None, None, None, None, None, None
