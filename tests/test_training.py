@@ -137,7 +137,7 @@ def test_cached_teacher_runs_the_teacher_once_per_cache_batch_not_per_step(files
     out = tmp_path / "sdc"
     assert main(_args(files, out, "self_distill_cached", "optim.epochs=1")) == 0
     res = _results(out)
-    assert res["teacher_forwards"] == 1  # 48 distinct main-phase sequences, one batch of 64
+    assert res["teacher_forwards"] == 3  # 48 distinct main-phase sequences, batches of 16
     assert (out / "teacher_cache" / "main.safetensors").is_file()
     history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
     assert any(h.get("train_loss_kl_to_teacher", 0) > 0 for h in history)

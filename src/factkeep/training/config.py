@@ -111,7 +111,7 @@ class TeacherConfig:
         "Precompute the teacher's top-k tempered log-probs (+ tail mass) for the training set "
         "once and train with no teacher forward (0 = exact KL, teacher run every batch).",
     )
-    cache_batch_size: int = help_field(64, "Sequences per teacher forward when building the cache.")
+    cache_batch_size: int = help_field(16, "Sequences per teacher forward when building the cache.")
 
 
 @dataclass
