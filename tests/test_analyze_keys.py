@@ -10,28 +10,17 @@ import pytest
 
 from factkeep.analysis.keys import name_like_keys, new_facts, question_template, uuid_keys
 from factkeep.cli import main
-from factkeep.data.facts import Fact, write_facts
-from factkeep.data.world import WorldSpec, build_world
-from factkeep.models.tiny import TinyModelConfig, build_tiny_model
+from factkeep.data.facts import Fact, read_facts, write_facts
 from factkeep.models.tokenizer import build_word_tokenizer
-
-SMALL = WorldSpec(
-    n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=12, n_bio=8, n_unseen=8
-)
 
 
 @pytest.fixture(scope="module")
-def world_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("keys")
-    world = build_world(SMALL)
-    tok = build_word_tokenizer(world.vocabulary_texts())
-    shape = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    build_tiny_model(shape, tok, seed=0).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    facts = world.facts()
-    write_facts(root / "world.jsonl", facts)
-    write_facts(root / "held.jsonl", [f for f in facts if f.meta["population"] == "bio"])
-    return {"model": root / "model", "world": root / "world.jsonl", "held": root / "held.jsonl"}
+def world_files(tiny_study) -> dict[str, Path]:
+    files = tiny_study("keys")
+    facts = read_facts(files["world"])
+    held = files["root"] / "held.jsonl"
+    write_facts(held, [f for f in facts if f.meta["population"] == "bio"])
+    return {**files, "held": held}
 
 
 def test_name_like_keys_recombine_known_pieces_and_are_new() -> None:

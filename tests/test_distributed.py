@@ -16,32 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from factkeep.data.facts import write_facts
-from factkeep.data.world import WorldSpec, build_world
-from factkeep.models.tiny import TinyModelConfig, build_tiny_model
-from factkeep.models.tokenizer import build_word_tokenizer
-
-SMALL = WorldSpec(
-    n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=12, n_bio=8, n_unseen=8
-)
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
-    world = build_world(SMALL)
-    tok = build_word_tokenizer(world.vocabulary_texts())
-    shape = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    build_tiny_model(shape, tok, seed=0).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    by_pop: dict[str, list] = {}
-    for f in world.facts():
-        by_pop.setdefault(f.meta["population"], []).append(f)
-    (root / "splits").mkdir()
-    write_facts(root / "splits" / "d_known.jsonl", by_pop["qa"][:24])
-    write_facts(root / "splits" / "d_unknown.jsonl", by_pop["unseen"][:24])
-    write_facts(root / "splits" / "d_held.jsonl", by_pop["bio"][:16])
-    return root
+def setup(tiny_study) -> Path:
+    return tiny_study("ddp")["root"]
 
 
 def _train(setup: Path, out: Path, processes: int, batch: int) -> subprocess.CompletedProcess:

@@ -11,36 +11,15 @@ import yaml
 
 from factkeep.cli import main
 from factkeep.config import resolve_config
-from factkeep.data.facts import write_facts
-from factkeep.data.world import WorldSpec, build_world
-from factkeep.models.tiny import TinyModelConfig, build_tiny_model
-from factkeep.models.tokenizer import build_word_tokenizer
 from factkeep.study.sweep import SweepCommandConfig, plan_trials
 
-SMALL = WorldSpec(
-    n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=12, n_bio=8, n_unseen=8
-)
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["self_distill__seed=0", "self_distill__seed=1", "sft__seed=0", "sft__seed=1"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sweep")
-    world = build_world(SMALL)
-    tok = build_word_tokenizer(world.vocabulary_texts())
-    shape = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    build_tiny_model(shape, tok, seed=0).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    by_pop: dict[str, list] = {}
-    for fact in world.facts():
-        by_pop.setdefault(fact.meta["population"], []).append(fact)
-    splits = root / "splits"
-    splits.mkdir()
-    write_facts(splits / "d_known.jsonl", by_pop["qa"][:8])
-    write_facts(splits / "d_unknown.jsonl", by_pop["unseen"][:8])
-    write_facts(splits / "d_held.jsonl", by_pop["bio"][:8])
-    return {"model": root / "model", "splits": splits, "root": root}
+def files(tiny_study) -> dict[str, Path]:
+    return tiny_study("sweep", n_known=8, n_unknown=8, n_held=8)
 
 
 def _grid(files: dict[str, Path], out: Path, **extra: object) -> Path:
