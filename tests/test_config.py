@@ -119,3 +119,20 @@ def test_cli_command_group_needs_a_subcommand(capsys):
 def test_cli_unknown_command(capsys):
     assert main(["wrold"]) == 2
     assert "did you mean 'world'" in capsys.readouterr().err
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from factkeep.rundir import atomic_write_bytes, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "héllo\n")
+        atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo\n"
+    for name in ("a.txt", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]  # no temp files left

@@ -247,7 +247,8 @@ def keys_png(rows: list[dict]) -> bytes:
             xs,
             ys,
             style,
-            marker="o",
+            marker="o" if value == "relation" else "s",
+            markerfacecolor="white" if value == "random" else None,
             color=colors.get(key, "#555555"),
             label=f"{key} keys, {value} values",
         )
