@@ -56,7 +56,7 @@ STAGE_FILE = "demo_stage.json"
 PRESETS: dict[str, dict[str, Any]] = {
     "laptop": {},
     # The paper's protocol on the same world: the original 16-sample probe, larger splits, every
-    # method and control, three seeds (about an hour on a 2-core CPU, minutes on a GPU).
+    # method and control, three seeds (estimated at 1.5 hours on a 2-core CPU; not timed).
     "paper": {
         "probe_preset": "original",
         "n_train": 2000,
