@@ -378,6 +378,9 @@ class _Runner:
             if same and cache.covers(sequences):
                 log.info("teacher cache reused from %s", path)
                 return cache
+        if not is_main_process():  # under DDP, one process builds and saves it, the others read it
+            _barrier()
+            return TeacherCache.load(path)
         start = time.perf_counter()
         cache = TeacherCache.build(
             teacher,
@@ -388,8 +391,8 @@ class _Runner:
             pad_id=int(self.tokenizer.pad_token_id),
             progress=cfg.progress,
         )
-        if is_main_process():
-            cache.save(path)
+        cache.save(path)
+        _barrier()
         self.result.teacher_forwards += teacher.forward_calls
         teacher.forward_calls = 0
         log.info("teacher cache built in %.1f s", time.perf_counter() - start)
