@@ -7,6 +7,10 @@ the straightforward loop: for each fact, for each of its prompts, one greedy ``m
 and then its samples, either with one ``model.generate(num_return_sequences=num_samples)``
 ("loop") or with one ``model.generate`` per sample ("loop, one call per answer").
 
+``--no-sharing`` also times the batched probe with ``share_prefill=False`` (greedy answers and
+samples from separate calls, each encoding every few-shot prompt), against the default (each
+prompt encoded once for its greedy answer and all its samples).
+
 The model is the synthetic world's default shape (``TinyModelConfig()``, random weights, which is
 fine for timing: every answer runs to ``max_new_tokens``) with the world tokenizer, or
 ``--model DIR`` (e.g. ``runs/world/model``). The first line printed is the speed-up.
@@ -103,6 +107,9 @@ def main() -> None:
     parser.add_argument(
         "--per-sample-loop", action="store_true", help="also time one generate call per answer"
     )
+    parser.add_argument(
+        "--no-sharing", action="store_true", help="also time the batched probe without sharing"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -115,22 +122,33 @@ def main() -> None:
     pool = ExemplarPool(all_facts)
     protocol = PRESETS[args.preset]
 
-    t0 = time.perf_counter()
-    batched = [
-        probe.greedy_answers
-        for _, _, probes in probe_facts(
-            model,
-            tok,
-            facts,
-            pool,
-            protocol,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            chunk_size=args.chunk_size,
+    def batched_probe(share: bool) -> tuple[list[list[str]], float]:
+        t0 = time.perf_counter()
+        answers = [
+            probe.greedy_answers
+            for _, _, probes in probe_facts(
+                model,
+                tok,
+                facts,
+                pool,
+                protocol,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                chunk_size=args.chunk_size,
+                share_prefill=share,
+            )
+            for probe in probes
+        ]
+        return answers, time.perf_counter() - t0
+
+    batched, t_batched = batched_probe(True)
+    if args.no_sharing:
+        unshared, t_unshared = batched_probe(False)
+        print(
+            f"shared prefill {t_unshared / t_batched:.2f}x faster: {len(facts) / t_batched:.2f} "
+            f"facts/s vs {len(facts) / t_unshared:.2f} without sharing "
+            f"(greedy answers equal: {unshared == batched})"
         )
-        for probe in probes
-    ]
-    t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
     naive = naive_probe(model, tok, facts, pool, protocol, args.max_new_tokens)
     t_naive = time.perf_counter() - t0

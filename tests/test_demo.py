@@ -35,8 +35,9 @@ TINY = [
 
 def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", f"out={out}", *TINY]) == 0
+    assert main(["demo", f"out={out}", *TINY, "jobs=2"]) == 0
     text = capsys.readouterr().out
+    assert "[demo] training 2 runs, 2 at a time (1 thread(s) each)" in text
     for stage in ("1/5", "2/5", "3/5", "4/5 training 1/2", "4/5 training 2/2", "5/5 report"):
         assert f"[demo] {stage}" in text
     summary = (out / "summary.md").read_text()
@@ -51,7 +52,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
     assert (out / "report.md").is_file()
 
     stamp = (out / "runs" / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
-    assert main(["demo", f"out={out}", *TINY]) == 0
+    assert (
+        main(["demo", f"out={out}", *TINY, "jobs=1", "threads=2"]) == 0
+    )  # not what results hang on
     text = capsys.readouterr().out
     assert "reusing the probe results" in text
     assert text.count("[demo] reusing") == 3  # probe + both runs
@@ -70,11 +73,16 @@ def test_presets_fill_only_the_options_left_at_their_defaults() -> None:
     from factkeep.config import ConfigError, resolve_config
     from factkeep.study.demo import DemoConfig, apply_preset
 
-    cfg = apply_preset(resolve_config(DemoConfig, None, ["preset=paper", "n_train=300"]))
-    assert cfg.n_train == 300  # set by the user
+    cfg = apply_preset(
+        resolve_config(DemoConfig, None, ["preset=paper", "n_train=300", "world.n_bio=250"])
+    )
+    assert cfg.n_train == 300 and cfg.world.n_bio == 250  # set by the user
+    assert cfg.world.n_qa == cfg.world.n_unseen == 300  # the preset, option by option
     assert cfg.probe_preset == "original" and cfg.seeds == [0, 1, 2]
+    assert cfg.eval_every_epochs == 1
     assert "early_stopping" in cfg.methods
     assert apply_preset(DemoConfig()).n_train == DemoConfig().n_train
+    assert apply_preset(DemoConfig()).world == DemoConfig().world
     with pytest.raises(ConfigError, match="preset must be one of"):
         apply_preset(resolve_config(DemoConfig, None, ["preset=huge"]))
 
@@ -95,3 +103,37 @@ def test_full_demo_shows_the_papers_directions(tmp_path) -> None:
     assert res["self_distill"]["final"]["d_unknown"] >= 0.9 * res["sft"]["final"]["d_unknown"]
     assert res["freeze_attention_only"]["final"]["d_unknown"] <= 0.25
     assert (out / "report.html").is_file()
+
+
+def test_worker_plan_shares_the_cores() -> None:
+    from factkeep.study.demo import _cpu_cores, worker_plan
+
+    cores = _cpu_cores()
+    assert worker_plan(jobs=1, threads=0, pending=6, on_gpu=False) == (1, 0)  # torch's default
+    assert worker_plan(jobs=0, threads=0, pending=6, on_gpu=True) == (1, 0)
+    assert worker_plan(jobs=3, threads=0, pending=2, on_gpu=False) == (2, max(1, cores // 2))
+    assert worker_plan(jobs=2, threads=4, pending=6, on_gpu=False) == (2, 4)  # the user's choice
+    processes, threads = worker_plan(jobs=0, threads=0, pending=6, on_gpu=False)
+    assert processes == min(8, cores, 6) and threads >= (1 if processes > 1 else 0)
+
+
+def test_probe_subset_is_seeded_and_keeps_the_file_order(tmp_path) -> None:
+    from factkeep.data.facts import Fact, read_facts, write_facts
+    from factkeep.study.demo import probe_subset
+
+    facts = [
+        Fact(id=f"f{i}", question=f"q{i}?", answers=[f"a{i}"], relation="r", subject=f"s{i}")
+        for i in range(20)
+    ]
+    write_facts(tmp_path / "all.jsonl", facts)
+    assert (
+        probe_subset(tmp_path / "all.jsonl", 0, 0, tmp_path / "s.jsonl") == tmp_path / "all.jsonl"
+    )
+    assert (
+        probe_subset(tmp_path / "all.jsonl", 20, 0, tmp_path / "s.jsonl") == tmp_path / "all.jsonl"
+    )
+    first = [f.id for f in read_facts(probe_subset(tmp_path / "all.jsonl", 8, 1, tmp_path / "a"))]
+    again = [f.id for f in read_facts(probe_subset(tmp_path / "all.jsonl", 8, 1, tmp_path / "b"))]
+    other = [f.id for f in read_facts(probe_subset(tmp_path / "all.jsonl", 8, 2, tmp_path / "c"))]
+    assert first == again != other and len(first) == 8
+    assert first == sorted(first, key=lambda i: int(i[1:]))

@@ -12,7 +12,11 @@ from factkeep.data.facts import Fact
 from factkeep.errors import DataError
 from factkeep.models.tiny import TinyModelConfig, build_tiny_model
 from factkeep.models.tokenizer import build_word_tokenizer
-from factkeep.probing.generation import GenerationSettings, generate_answers
+from factkeep.probing.generation import (
+    GenerationSettings,
+    generate_answers,
+    greedy_and_sampled_answers,
+)
 from factkeep.probing.slick import (
     PRESETS,
     ExemplarPool,
@@ -21,6 +25,7 @@ from factkeep.probing.slick import (
     build_prompts,
     categorize,
     chunk_seed,
+    probe_chunk,
     probe_facts,
     score_fact,
 )
@@ -197,24 +202,69 @@ def test_trained_model_gets_sensible_categories() -> None:
         assert len(probe.greedy_answers) == 3 and len(probe.sampled_answers) == 9
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gpt_neox"])
-def test_shared_prefill_gives_the_same_samples(family: str) -> None:
-    """One prefill per prompt, cache repeated: same answers as num_return_sequences, even when
-    sampling (same logits, same random stream), with prompts of different lengths (padding)."""
+def _random_model_and_prompts(family: str) -> tuple[object, object, list[str]]:
+    """A tiny model with large random weights (answers react to any change of the inputs) and
+    few-shot prompts of several lengths (left padding in a batch)."""
     facts = _pool_facts()
     tok = build_word_tokenizer(f"Q: {f.question}\nA: {f.answers[0]}" for f in facts)
     shape = TinyModelConfig(family=family, hidden_size=32, num_layers=2, num_heads=2)
     model = build_tiny_model(shape, tok, seed=0).eval()
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # large random weights: answers react to any change of the inputs
+    with torch.no_grad():
         for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0.0, 0.5, generator=generator)
     pool = ExemplarPool(facts)
     prompts = [p for f in facts[:3] for p in build_prompts(f, pool.sample(f, 2, 2, seed=0))]
-    prompts += [f"Q: {f.question}\nA:" for f in facts[:3]]  # shorter: left padding in a batch
+    prompts += [f"Q: {f.question}\nA:" for f in facts[:3]]
+    return model, tok, prompts
+
+
+FAMILIES = ["llama", "gpt2", "qwen2", "gpt_neox"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefill_gives_the_same_samples(family: str) -> None:
+    """One prefill per prompt, cache repeated: same answers as num_return_sequences, even when
+    sampling (same logits, same random stream), with prompts of different lengths (padding)."""
+    model, tok, prompts = _random_model_and_prompts(family)
     settings = GenerationSettings(max_new_tokens=4, batch_size=3, temperature=1.0, num_samples=3)
     plain = generate_answers(model, tok, prompts, settings)
     shared = generate_answers(SharedPrefillModel(model), tok, prompts, settings)
     assert shared == plain
     assert len({tuple(a) for a in plain}) > 1 and any(len(set(a)) > 1 for a in plain)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_and_samples_from_one_prefill(family: str) -> None:
+    """Greedy answers and samples from one encoding of each prompt: the answers of a greedy call
+    and a sampling call with the same batches, and the caller's random state is untouched."""
+    model, tok, prompts = _random_model_and_prompts(family)
+    settings = GenerationSettings(max_new_tokens=4, batch_size=3, temperature=1.0, num_samples=3)
+    greedy_settings = GenerationSettings(max_new_tokens=4, batch_size=3)
+    expected_greedy = [a[0] for a in generate_answers(model, tok, prompts, greedy_settings)]
+    expected_samples = generate_answers(model, tok, prompts, settings)
+    state = torch.random.get_rng_state()
+    greedy, samples = greedy_and_sampled_answers(model, tok, prompts, settings)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert greedy == expected_greedy
+    assert samples == expected_samples
+    assert any(g not in s for g, s in zip(greedy, samples, strict=True))  # samples are not greedy
+    with pytest.raises(ValueError, match="temperature"):
+        greedy_and_sampled_answers(model, tok, prompts, greedy_settings)
+
+
+def test_probe_chunk_is_the_same_with_and_without_shared_prefill() -> None:
+    """probe_chunk: one shared encoding per prompt or separate greedy and sampling calls give the
+    same categories and answers."""
+    model, tok, _ = _random_model_and_prompts("llama")
+    facts = _pool_facts()[:4]
+    pool = ExemplarPool(_pool_facts())
+    protocol = ProbeProtocol(n_prompts=2, k_exemplars=2, num_samples=3)
+    prompts = [build_prompts(f, pool.sample(f, 2, 2, seed=0)) for f in facts]
+    runs = [
+        probe_chunk(model, tok, facts, prompts, protocol, batch_size=6, seed=5, share_prefill=s)
+        for s in (True, False)
+    ]
+    assert [r.to_meta() for r in runs[0]] == [r.to_meta() for r in runs[1]]
+    assert all(len(r.sampled_answers) == 6 for r in runs[0])

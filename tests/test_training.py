@@ -119,6 +119,14 @@ def test_sft_end_to_end_writes_the_run_folder(files, tmp_path, capsys) -> None:
     assert "forgetting of d_held" in capsys.readouterr().out
 
 
+def test_every_epochs_evaluates_every_nth_epoch_and_the_end(files, tmp_path) -> None:
+    out = tmp_path / "every2"
+    assert main(_args(files, out, "sft", "optim.epochs=5", "eval.every_epochs=2")) == 0
+    assert [r["epoch"] for r in _metrics(out)] == [0.0, 2.0, 4.0, 5.0]
+    assert main(_args(files, tmp_path / "bad", "sft", "eval.every_epochs=0")) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_self_distill_runs_both_phases_with_the_snapshot_teacher(files, tmp_path) -> None:
     out = tmp_path / "sd"
     assert main(_args(files, out, "self_distill", "optim.epochs=1")) == 0

@@ -17,7 +17,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,9 +45,10 @@ def help_field(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
-def nested(cls: type[T], help: str = "") -> Any:
-    """A dataclass field holding a nested config section."""
-    return dataclasses.field(default_factory=cls, metadata={"help": help})
+def nested(cls: type[T], help: str = "", factory: Callable[[], T] | None = None) -> Any:
+    """A dataclass field holding a nested config section (``factory`` builds its default, if
+    not ``cls()``)."""
+    return dataclasses.field(default_factory=factory or cls, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,7 @@ _IGNORED = {
     *("method", "seed", "out", "model", "gguf_file", "dtype", "device", "threads", "progress"),
     *("resume", "report_to", "save_every_steps", "save_total_limit", "log_every_steps"),
     *("data.splits", "data.eval", "eval.every_steps", "eval.each_epoch", "eval.at_start"),
+    *("eval.every_epochs",),
     *("eval.batch_size", "eval.max_new_tokens"),
 }
 _SHORT = {"loss.kl_weight": "λ", "loss.temperature": "τ", "freeze.freeze": "frozen"}

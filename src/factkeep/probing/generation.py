@@ -24,9 +24,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,13 @@ from transformers import GenerationConfig
 
 from factkeep.probing.scoring import clean_generation
 
-__all__ = ["GenerationSettings", "generate_answers", "greedy_answers", "newline_token_ids"]
+__all__ = [
+    "GenerationSettings",
+    "generate_answers",
+    "greedy_and_sampled_answers",
+    "greedy_answers",
+    "newline_token_ids",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +218,54 @@ def _prepared(model: Any, tokenizer: Any) -> Iterator[int]:
         model.train(was_training)
 
 
+def _answers(tokenizer: Any, output: torch.Tensor, prompt_length: int) -> list[str]:
+    """The cleaned answers of ``generate``'s output (only the new tokens decoded)."""
+    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    return [clean_generation(t) for t in texts]
+
+
+BatchStep = Callable[[int, dict[str, torch.Tensor], int], list[list[str]]]
+"""``step(batch_index, inputs, pad_id)``: the answers of each prompt of one left-padded batch."""
+
+
+def _run_batches(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int,
+    progress: bool,
+    step: BatchStep,
+) -> list[list[str]]:
+    """Batching of :func:`generate_answers`: sort by length, left-pad, call ``step``, reorder."""
+    if not prompts:
+        return []
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    # Longest first, so that running out of memory shows at the first batch, not the last.
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    device = _model_device(model)
+    results: list[list[str]] = [[] for _ in prompts]
+    logger.debug(
+        "generating for %d prompts (longest %d tokens) in batches of %d on %s",
+        len(prompts),
+        max(lengths),
+        batch_size,
+        device,
+    )
+    with (
+        _prepared(model, tokenizer) as pad_id,
+        torch.inference_mode(),
+        tqdm(total=len(prompts), unit="prompt", disable=not progress, desc="generate") as bar,
+    ):
+        for batch_index, start in enumerate(range(0, len(order), batch_size)):
+            rows = order[start : start + batch_size]
+            encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True)
+            inputs = {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
+            for row, answers in zip(rows, step(batch_index, inputs, pad_id), strict=True):
+                results[row] = answers
+            bar.update(len(rows))
+    return results
+
+
 def generate_answers(
     model: Any,
     tokenizer: Any,
@@ -242,47 +297,100 @@ def generate_answers(
     Returns:
         For each prompt, in input order, a list of ``settings.num_samples`` answers.
     """
-    if not prompts:
-        return []
-    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
-    # Longest first, so that running out of memory shows at the first batch, not the last.
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    device = _model_device(model)
     sampling = settings.temperature > 0
     per_prompt = settings.num_samples if sampling else 1
-    results: list[list[str]] = [[] for _ in prompts]
-    rng_devices, rng_type = _rng_devices(device)
-    logger.debug(
-        "generating for %d prompts (longest %d tokens) in batches of %d on %s",
-        len(prompts),
-        max(lengths),
-        settings.batch_size,
-        device,
-    )
+    rng_devices, rng_type = _rng_devices(_model_device(model))
+    stop_ids = _stop_ids(model, tokenizer)
 
-    with (
-        _prepared(model, tokenizer) as pad_id,
-        torch.inference_mode(),
-        tqdm(total=len(prompts), unit="prompt", disable=not progress, desc="generate") as bar,
-    ):
-        config = _generation_config(settings, _stop_ids(model, tokenizer), pad_id)
-        for batch_index, start in enumerate(range(0, len(order), settings.batch_size)):
-            rows = order[start : start + settings.batch_size]
-            encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True)
-            batch = {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
-            with torch.random.fork_rng(devices=rng_devices, enabled=sampling, device_type=rng_type):
-                if sampling:
-                    torch.manual_seed(settings.seed + batch_index)
-                output = model.generate(**batch, generation_config=config)
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for j, row in enumerate(rows):
-                answers = [
-                    clean_generation(t) for t in texts[j * per_prompt : (j + 1) * per_prompt]
-                ]
-                results[row] = answers if sampling else answers * settings.num_samples
-            bar.update(len(rows))
-    return results
+    def step(batch_index: int, inputs: dict[str, torch.Tensor], pad_id: int) -> list[list[str]]:
+        config = _generation_config(settings, stop_ids, pad_id)
+        with torch.random.fork_rng(devices=rng_devices, enabled=sampling, device_type=rng_type):
+            if sampling:
+                torch.manual_seed(settings.seed + batch_index)
+            output = model.generate(**inputs, generation_config=config)
+        texts = _answers(tokenizer, output, inputs["input_ids"].shape[1])
+        per_row = [
+            texts[j * per_prompt : (j + 1) * per_prompt] for j in range(len(texts) // per_prompt)
+        ]
+        return per_row if sampling else [a * settings.num_samples for a in per_row]
+
+    return _run_batches(model, tokenizer, prompts, settings.batch_size, progress, step)
+
+
+def greedy_and_sampled_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    progress: bool = False,
+) -> tuple[list[str], list[list[str]]]:
+    """One greedy and ``settings.num_samples`` sampled answers per prompt, one prefill per prompt.
+
+    Each batch of ``settings.batch_size`` prompts is encoded once (all tokens but the last,
+    :func:`~factkeep.probing.prefill.prefill_cache`); greedy decoding continues from a copy of that
+    cache and sampling from the cache repeated ``num_samples`` times. The answers are those of
+    ``generate_answers`` called twice with the same batches, greedily and with ``settings`` (the
+    samples use the same random stream), but the few-shot prompts are encoded once instead of
+    twice. Models whose cache cannot be copied and repeated get the two plain calls.
+
+    Args:
+        model: a Hugging Face decoder-only causal LM.
+        tokenizer: its tokenizer.
+        prompts: the prompts.
+        settings: the sampling options (``temperature > 0``); ``batch_size`` counts prompts.
+        progress: show a tqdm progress bar (unit: prompt).
+
+    Returns:
+        ``(greedy, sampled)``: per prompt, its greedy answer and its list of sampled answers.
+    """
+    from factkeep.probing.prefill import SharedPrefillModel, prefill_cache
+
+    if settings.temperature <= 0:
+        raise ValueError("greedy_and_sampled_answers needs sampling settings (temperature > 0)")
+    n = settings.num_samples
+    greedy_settings = GenerationSettings(
+        max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size
+    )
+    rng_devices, rng_type = _rng_devices(_model_device(model))
+    stop_ids = _stop_ids(model, tokenizer)
+
+    def step(batch_index: int, inputs: dict[str, torch.Tensor], pad_id: int) -> list[list[str]]:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        cache = prefill_cache(model, ids, mask)
+        greedy_cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(n)
+        greedy_out = model.generate(
+            **inputs,
+            past_key_values=greedy_cache,
+            generation_config=_generation_config(greedy_settings, stop_ids, pad_id),
+        )
+        config = _generation_config(settings, stop_ids, pad_id)
+        config.num_return_sequences = 1
+        with torch.random.fork_rng(devices=rng_devices, device_type=rng_type):
+            torch.manual_seed(settings.seed + batch_index)
+            sampled_out = model.generate(
+                input_ids=ids.repeat_interleave(n, dim=0),
+                attention_mask=mask.repeat_interleave(n, dim=0),
+                past_key_values=cache,
+                generation_config=config,
+            )
+        greedy = _answers(tokenizer, greedy_out, ids.shape[1])
+        sampled = _answers(tokenizer, sampled_out, ids.shape[1])
+        return [[g, *sampled[j * n : (j + 1) * n]] for j, g in enumerate(greedy)]
+
+    def plain() -> tuple[list[str], list[list[str]]]:
+        greedy = generate_answers(model, tokenizer, prompts, greedy_settings, progress)
+        sampled = generate_answers(SharedPrefillModel(model), tokenizer, prompts, settings)
+        return [g[0] for g in greedy], sampled
+
+    if not prompts or min(len(ids) for ids in tokenizer(list(prompts))["input_ids"]) < 2:
+        return plain()  # a one-token prompt has nothing to prefill
+    try:
+        both = _run_batches(model, tokenizer, prompts, settings.batch_size, progress, step)
+    except (AttributeError, TypeError, NotImplementedError) as exc:
+        logger.warning("shared prefill unavailable for this model (%s); not sharing", exc)
+        return plain()
+    return [a[0] for a in both], [a[1:] for a in both]
 
 
 def greedy_answers(

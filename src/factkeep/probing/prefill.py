@@ -19,9 +19,37 @@ import copy
 import logging
 from typing import Any
 
-__all__ = ["SharedPrefillModel"]
+__all__ = ["SharedPrefillModel", "prefill_cache"]
 
 logger = logging.getLogger(__name__)
+
+
+def prefill_cache(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """The KV cache of all prompt tokens but the last, with the position ids ``generate`` uses.
+
+    ``generate(input_ids, attention_mask, past_key_values=cache)`` then encodes only the last
+    prompt token before decoding, exactly as if it had encoded the whole prompt itself.
+
+    Args:
+        model: a Hugging Face causal LM.
+        input_ids: ``(batch, length)`` left-padded prompt ids, ``length >= 2``.
+        attention_mask: the matching mask.
+
+    Returns:
+        The model's ``Cache`` of the first ``length - 1`` positions.
+    """
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    inputs = {
+        "input_ids": input_ids[:, :-1],
+        "attention_mask": attention_mask[:, :-1],
+        "position_ids": positions[:, :-1],
+        "use_cache": True,
+    }
+    try:
+        out = model(**inputs, logits_to_keep=1)
+    except TypeError:  # a model without logits_to_keep
+        out = model(**inputs)
+    return out.past_key_values
 
 
 class SharedPrefillModel:
@@ -41,21 +69,6 @@ class SharedPrefillModel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
 
-    def _prefill(self, input_ids: Any, attention_mask: Any) -> Any:
-        """The KV cache of all prompt tokens but the last (positions as ``generate`` makes them)."""
-        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        inputs = {
-            "input_ids": input_ids[:, :-1],
-            "attention_mask": attention_mask[:, :-1],
-            "position_ids": positions[:, :-1],
-            "use_cache": True,
-        }
-        try:
-            out = self.model(**inputs, logits_to_keep=1)
-        except TypeError:  # a model without logits_to_keep
-            out = self.model(**inputs)
-        return out.past_key_values
-
     def generate(self, input_ids: Any, attention_mask: Any, generation_config: Any) -> Any:
         """``model.generate``, but with ``num_return_sequences = n > 1`` prompts are encoded once.
 
@@ -70,7 +83,7 @@ class SharedPrefillModel:
                 generation_config=generation_config,
             )
         try:
-            cache = self._prefill(input_ids, attention_mask)
+            cache = prefill_cache(self.model, input_ids, attention_mask)
             cache.batch_repeat_interleave(n)
         except (AttributeError, TypeError, NotImplementedError) as exc:
             logger.warning("shared prefill unavailable for this model (%s); not sharing", exc)

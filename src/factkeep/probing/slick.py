@@ -20,13 +20,13 @@ generated with and ``(seed, chunk index)`` (:func:`chunk_seed`), chunks being fi
 and ``chunk_size``. So a run resumed after chunk ``i`` gives exactly the answers of an uninterrupted
 run.
 
-Batching: :func:`probe_chunk` makes *one* :func:`~factkeep.probing.generation.generate_answers`
-call for the greedy answers of all prompts of a chunk of facts and one for all their samples
-(``num_return_sequences``), so the model always sees full, length-sorted, left-padded batches.
+Batching: :func:`probe_chunk` answers all prompts of a chunk of facts together, so the model always
+sees full, length-sorted, left-padded batches.
 
-Shared prefill (``share_prefill``, on by default): the samples of a prompt are decoded from one
-encoding of it (:class:`~factkeep.probing.prefill.SharedPrefillModel`); same answers, and sampling
-is ~4x faster on the world model with the original protocol.
+Shared prefill (``share_prefill``, on by default): a prompt is encoded once for its greedy answer
+and all its samples (:func:`~factkeep.probing.generation.greedy_and_sampled_answers`); same
+answers as encoding it for each of them (greedy and ``num_return_sequences``), and the few-shot
+prompt, much longer than the answer, is paid once instead of ``1 + num_samples`` times.
 
 Exemplar sampling lives in :mod:`factkeep.probing.exemplars` (re-exported here).
 
@@ -49,7 +49,11 @@ from factkeep.config import ConfigError
 from factkeep.data.facts import HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.probing.exemplars import ExemplarPool, build_prompts, stable_int
-from factkeep.probing.generation import GenerationSettings, generate_answers
+from factkeep.probing.generation import (
+    GenerationSettings,
+    generate_answers,
+    greedy_and_sampled_answers,
+)
 from factkeep.probing.prefill import SharedPrefillModel
 from factkeep.probing.scoring import exact_match
 
@@ -205,7 +209,12 @@ def probe_chunk(
     seed: int = 0,
     share_prefill: bool = True,
 ) -> list[FactProbe]:
-    """Probe a chunk of facts with two batched generation calls (greedy, then sampled).
+    """Probe a chunk of facts: the greedy answers and the samples of all its prompts.
+
+    With ``share_prefill`` (and sampling), one call encodes each prompt once for its greedy answer
+    and all its samples (:func:`~factkeep.probing.generation.greedy_and_sampled_answers`);
+    otherwise two calls, greedy then sampled, each encoding every prompt. Both give the same
+    answers for the same batches.
 
     Args:
         model: a Hugging Face causal LM.
@@ -217,26 +226,28 @@ def probe_chunk(
             ``max(1, batch_size // num_samples)`` prompts per call.
         max_new_tokens: the most tokens per answer.
         seed: the sampling seed of this chunk (see :func:`chunk_seed`).
-        share_prefill: encode each prompt once for all its samples (:class:`SharedPrefillModel`).
+        share_prefill: encode each prompt once for its greedy answer and all its samples.
 
     Returns:
         One :class:`FactProbe` per fact, in order.
     """
     flat = [p for per_fact in prompts for p in per_fact]
-    greedy_settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    greedy = [a[0] for a in generate_answers(model, tokenizer, flat, greedy_settings)]
     sampled: list[list[str]] = [[] for _ in flat]
-    if protocol.num_samples > 0:
-        sample_settings = GenerationSettings(
-            max_new_tokens=max_new_tokens,
-            batch_size=max(1, batch_size // protocol.num_samples),
-            temperature=protocol.temperature,
-            top_k=protocol.top_k,
-            num_samples=protocol.num_samples,
-            seed=seed,
-        )
-        sampler = SharedPrefillModel(model) if share_prefill else model
-        sampled = generate_answers(sampler, tokenizer, flat, sample_settings)
+    sample_settings = GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        batch_size=max(1, batch_size // max(1, protocol.num_samples)),
+        temperature=protocol.temperature,
+        top_k=protocol.top_k,
+        num_samples=max(1, protocol.num_samples),
+        seed=seed,
+    )
+    if protocol.num_samples > 0 and share_prefill:
+        greedy, sampled = greedy_and_sampled_answers(model, tokenizer, flat, sample_settings)
+    else:
+        greedy_settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        greedy = [a[0] for a in generate_answers(model, tokenizer, flat, greedy_settings)]
+        if protocol.num_samples > 0:
+            sampled = generate_answers(model, tokenizer, flat, sample_settings)
     results = []
     start = 0
     for fact, per_fact in zip(facts, prompts, strict=True):
@@ -282,7 +293,7 @@ def probe_facts(
         chunk_size: facts per chunk (the unit of batching, seeding and resuming).
         start_chunk: the first chunk to probe.
         template: the QA prompt template.
-        share_prefill: encode each prompt once for all its samples (:class:`SharedPrefillModel`).
+        share_prefill: encode each prompt once for its greedy answer and all its samples.
         progress: show a tqdm bar (unit: fact, so its rate is facts/s).
         chunk_fn: replaces :func:`probe_chunk` (tests, benchmarks).
 

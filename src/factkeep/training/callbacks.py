@@ -1,7 +1,8 @@
 """Trainer callbacks: accuracy on the splits along training, early stopping, EMA teacher.
 
 :class:`SplitEvalCallback` answers every evaluation set greedily (``Q: ...\\nA:``, exact match)
-before training, every ``every_steps`` optimiser steps and/or at each epoch end, and at the end.
+before training, every ``every_steps`` optimiser steps and/or at the end of every epoch (or every
+``every_epochs``-th), and at the end.
 Each evaluation appends one row to ``metrics.jsonl``::
 
     {"phase": "main", "step": 120, "phase_step": 60, "epoch": 3.0,
@@ -67,6 +68,7 @@ class SplitEvalCallback(TrainerCallback):
         step_offset: int = 0,
         every_steps: int = 0,
         each_epoch: bool = True,
+        every_epochs: int = 1,
         at_start: bool = False,
         template: str = DEFAULT_TEMPLATE,
         batch_size: int = 256,
@@ -81,6 +83,7 @@ class SplitEvalCallback(TrainerCallback):
         self.step_offset = step_offset
         self.every_steps = every_steps
         self.each_epoch = each_epoch
+        self.every_epochs = max(1, every_epochs)
         self.at_start = at_start
         self.template = template
         self.batch_size = batch_size
@@ -175,8 +178,8 @@ class SplitEvalCallback(TrainerCallback):
         return control
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        """Evaluate at each epoch end if asked."""
-        if self.each_epoch:
+        """Evaluate at the end of every ``every_epochs``-th epoch if asked."""
+        if self.each_epoch and round(state.epoch or 0.0) % self.every_epochs == 0:
             self._run(state, control, kwargs["model"])
         return control
 

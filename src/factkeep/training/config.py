@@ -152,6 +152,9 @@ class EvalConfig:
 
     every_steps: int = help_field(0, "Evaluate every N optimiser steps (0 = off).")
     each_epoch: bool = help_field(True, "Evaluate at the end of every epoch.")
+    every_epochs: int = help_field(
+        1, "With each_epoch: evaluate at the end of every N-th epoch only (the end is always)."
+    )
     at_start: bool = help_field(True, "Evaluate the starting model.")
     max_facts: int = help_field(0, "Evaluate a fixed random subsample of each set (0 = all).")
     batch_size: int = help_field(256, "Prompts per generate call.")
@@ -207,6 +210,8 @@ class TrainCommandConfig(ModelOptions):
             raise ConfigError(f"replay.fraction must be in [0, 1), got {self.replay.fraction}")
         if self.optim.epochs <= 0:
             raise ConfigError(f"optim.epochs must be > 0, got {self.optim.epochs}")
+        if self.eval.every_epochs < 1:
+            raise ConfigError(f"eval.every_epochs must be >= 1, got {self.eval.every_epochs}")
         if self.loss.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.loss.temperature}")
         if not 0.0 <= self.teacher.ema_decay <= 1.0:

@@ -453,6 +453,7 @@ class _Runner:
             step_offset=step_offset,
             every_steps=cfg.eval.every_steps,
             each_epoch=cfg.eval.each_epoch,
+            every_epochs=cfg.eval.every_epochs,
             at_start=first,
             template=cfg.data.template,
             batch_size=cfg.eval.batch_size,
