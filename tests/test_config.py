@@ -136,3 +136,20 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     for name in ("a.txt", "b.bin"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]  # no temp files left
+
+
+@dataclass
+class _Section:
+    size: int = help_field(3, "A size.")
+
+
+@dataclass
+class _TwoSections:
+    plain: _Section = nested(_Section, "Class default.")
+    small: _Section = nested(_Section, "Own default.", factory=lambda: _Section(size=1))
+
+
+def test_a_nested_section_with_its_own_default_reports_it() -> None:
+    defaults = {o.key: o.default for o in iter_options(_TwoSections)}
+    assert defaults == {"plain.size": 3, "small.size": 1}
+    assert _TwoSections().small.size == 1

@@ -451,3 +451,17 @@ def test_cli_report_of_analyses_only(
     assert main(["report", "runs=[]", "analyses=[]", f"out={tmp_path / 'none.html'}"]) == 2
     assert "runs= or analyses= is required" in capsys.readouterr().err
     assert not (tmp_path / "none.html").exists()
+
+
+def test_phase_lines_sit_where_the_next_phase_begins() -> None:
+    from factkeep.eval.plots import _phase_starts
+
+    rows = [
+        {"phase": "format", "step": 0},
+        {"phase": "format", "step": 8},  # the format phase ends at step 8
+        {"phase": "main", "step": 40},  # first evaluation of the main phase (every 2 epochs)
+        {"phase": "main", "step": 72},
+        {"phase": "patch", "step": 80},
+    ]
+    assert _phase_starts(rows) == [8, 72]
+    assert _phase_starts(rows[2:4]) == []

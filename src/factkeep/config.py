@@ -65,15 +65,20 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def iter_options(cls: type, prefix: str = "") -> Iterator[OptionInfo]:
-    """Yield every leaf option of a config dataclass, depth first, in declaration order."""
+def iter_options(cls: type, prefix: str = "", defaults: Any = None) -> Iterator[OptionInfo]:
+    """Yield every leaf option of a config dataclass, depth first, in declaration order.
+
+    ``defaults`` is the instance whose values are reported (``cls()`` if omitted); a nested
+    section reports the values of its parent's default, which may differ from its own class's.
+    """
     hints = _resolved_hints(cls)
-    defaults = cls()
+    if defaults is None:
+        defaults = cls()
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
-            yield from iter_options(tp, prefix=f"{key}.")  # type: ignore[arg-type]
+            yield from iter_options(tp, f"{key}.", getattr(defaults, f.name))  # type: ignore[arg-type]
             continue
         yield OptionInfo(
             key=key,

@@ -123,12 +123,13 @@ def _style(ax: Axes) -> None:
 
 
 def _phase_starts(rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Global steps at which a new training phase begins (after the first phase)."""
-    starts, phase = [], None
+    """Global steps at which a new training phase begins (after the first phase): the step of
+    the previous phase's last evaluation (every phase is evaluated at its end)."""
+    starts, phase, step = [], None, 0
     for row in rows:
         if phase is not None and row.get("phase") != phase:
-            starts.append(int(row["step"]))
-        phase = row.get("phase")
+            starts.append(step)
+        phase, step = row.get("phase"), int(row["step"])
     return starts
 
 

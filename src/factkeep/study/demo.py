@@ -2,23 +2,24 @@
 
 Stages (each cached in ``out``, so a second run only redoes what changed):
 
-1. ``world``: build the world and pretrain its model (``out/world``);
-2. ``probe``: SLiCK categories of the world's facts (``out/probe``; cheap preset, a seeded random
-   subset of ``probe_facts`` facts by default, enough for the splits);
+1. ``world``: build the world (:func:`laptop_world` by default) and pretrain its model
+   (``out/world``);
+2. ``probe``: SLiCK categories of the world's facts (``out/probe``; cheap preset, every fact unless
+   ``probe_facts`` asks for a seeded random subset);
 3. ``split``: D_known / D_unknown / D_held / dev (``out/split``);
-4. ``train``: each method of ``methods`` with its shipped config (``out/runs/<method>``), several
-   at once in worker processes on a multi-core CPU (``jobs``);
-
+4. ``train``: each method of ``methods`` with its shipped config and the demo's ``epochs`` and
+   ``lr`` (``out/runs/<method>``), several at once in single-thread worker processes on a
+   multi-core CPU (``jobs``);
 5. ``report``: ``out/report.html`` (self-contained, plots embedded) and ``out/report.md``;
 
 and the comparison table (method x accuracy on D_known / D_unknown / D_held, forgetting) is printed
-and saved as ``out/summary.md``.
+and saved as ``out/summary.md``. ``preset=paper`` is the paper's protocol on a larger world.
 
 Example::
 
     factkeep demo                                  # output in runs/demo
     factkeep demo methods=[sft,self_distill]       # fewer methods
-    factkeep demo pretrain.epochs=30 train_overrides=[optim.epochs=10]
+    factkeep demo epochs=20 lr=1e-4 seeds=[0,1,2]  # the shipped configs' schedule, 3 seeds
 """
 
 from __future__ import annotations
