@@ -465,3 +465,23 @@ def test_phase_lines_sit_where_the_next_phase_begins() -> None:
     ]
     assert _phase_starts(rows) == [8, 72]
     assert _phase_starts(rows[2:4]) == []
+
+
+def test_a_change_every_run_shares_is_named_once(tmp_path: Path) -> None:
+    for name, method, kl in (
+        ("a", "sft", 0.0),
+        ("b", "self_distill", 1.0),
+        ("c", "self_distill", 5.0),
+    ):
+        write_run(tmp_path / name, method, 0, kl, {s: [1, 0.5, 0.5] for s in SPLITS})
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        config["optim"] = {"lr": 3e-4, "epochs": 8.0}
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    runs = [load_run(tmp_path / name) for name in "abc"]
+    rows = comparison_rows(runs)
+    assert [r.label for r in rows] == ["sft", "self_distill", "self_distill (λ=5)"]
+    assert rows[0].shared == {"optim.epochs": 8.0, "optim.lr": 3e-4}
+    build_report(runs, tmp_path / "r.html", "shared")
+    assert "Every run here uses epochs=8, lr=0.0003 instead of" in (tmp_path / "r.md").read_text()
+    alone = comparison_rows(runs[:1])  # one method: nothing is factored out
+    assert alone[0].label == "sft (epochs=8, lr=0.0003)" and alone[0].shared == {}

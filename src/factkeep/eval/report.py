@@ -142,6 +142,8 @@ class ComparisonRow:
     variant: dict[str, Any]
     runs: list[RunData]
     cells: dict[str, Stat | None] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+    """Settings every run of the table changed the same way (left out of the labels)."""
 
     @property
     def kl_weight(self) -> float | None:
@@ -297,21 +299,30 @@ def comparison_rows(runs: Sequence[RunData]) -> list[ComparisonRow]:
     Runs are grouped by method and by how their settings differ from the method's shipped config
     (e.g. a non-default λ); each cell is the mean and sample standard deviation over the row's runs
     of a split's final accuracy or of the forgetting of D_held. Rows follow the shipped methods'
-    order, then λ.
+    order, then λ. With several methods, a change every run shares (e.g. the demo's epochs and
+    learning rate) is left out of the labels and kept in each row's ``shared``.
     """
     by_method: dict[str, list[RunData]] = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
-    rows: dict[tuple[str, str], ComparisonRow] = {}
+    variants: list[tuple[str, RunData, dict[str, Any]]] = []
     for method, method_runs in by_method.items():
         reference = _reference(method, method_runs)
         for run in method_runs:
             flat = _flatten(run.config)
             variant = {k: v for k, v in flat.items() if k in reference and v != reference[k]}
-            text = variant_text(variant)
-            label = f"{method} ({text})" if text else method
-            row = rows.setdefault((method, text), ComparisonRow(label, method, variant, []))
-            row.runs.append(run)
+            variants.append((method, run, variant))
+    shared: dict[str, Any] = {}
+    if len(by_method) > 1:
+        first = variants[0][2]
+        shared = {k: v for k, v in first.items() if all(x.get(k) == v for _, _, x in variants)}
+    rows: dict[tuple[str, str], ComparisonRow] = {}
+    for method, run, variant in variants:
+        own = {k: v for k, v in variant.items() if k not in shared}
+        text = variant_text(own)
+        label = f"{method} ({text})" if text else method
+        row = rows.setdefault((method, text), ComparisonRow(label, method, own, [], shared=shared))
+        row.runs.append(run)
     order = list(METHOD_COLORS)
 
     def sort_key(row: ComparisonRow) -> tuple[Any, ...]:
@@ -421,6 +432,13 @@ _CAPTIONS = {
 _DETAILS = ["row", "run folder", "seed", "λ", "steps", "seconds", "trainable params", "status"]
 
 
+def _shared_note(shared: Mapping[str, Any]) -> str:
+    return (
+        f"Every run here uses {variant_text(shared)} instead of its method's shipped setting "
+        "(left out of the row names)."
+    )
+
+
 def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
     """The report's content: metric notes, the table, the three figures and the run details."""
     groups = plot_groups(rows)
@@ -439,6 +457,7 @@ def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
         ("h2", "Comparison"),
         ("table", TABLE_HEADER, [table_cells(r) for r in rows], colours),
         *([("p", UNFINISHED)] if unfinished else []),
+        *([("p", _shared_note(rows[0].shared))] if rows and rows[0].shared else []),
         *[
             block
             for title, (name, png) in zip(titles, figures.items(), strict=True)
