@@ -296,6 +296,21 @@ def test_shipped_configs_are_valid(files) -> None:
         assert yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["method"] == name
 
 
+def test_self_distill_ffn_only_trains_the_mlps_after_the_format_phase(files, tmp_path) -> None:
+    out = tmp_path / "sd_ffn"
+    assert main(_args(files, out, "self_distill_ffn_only", "optim.lr=1e-2")) == 0
+    res = _results(out)
+    assert res["phases"] == ["format", "main"] and res["teacher_forwards"] == 12
+    assert res["trainable_parameters"] < res["total_parameters"]
+    teacher = load_file(out / "phases" / "format" / "model" / "model.safetensors")
+    final = load_file(out / "model" / "model.safetensors")
+    mlp = [k for k in final if ".mlp." in k]
+    others = [k for k in final if ".mlp." not in k]
+    assert mlp and others
+    assert all(not torch.equal(final[k], teacher[k]) for k in mlp)
+    assert all(torch.equal(final[k], teacher[k]) for k in others)
+
+
 def test_ema_teacher_follows_the_student_and_is_checkpointed(files, tmp_path) -> None:
     out = tmp_path / "ema"
     extra = ["teacher.kind=ema", "teacher.ema_decay=0.5", "loss.kl_positions=prompt"]

@@ -41,6 +41,7 @@ METHOD_COLORS: dict[str, str] = {
     "sft": "#d62728",
     "known_only": "#7f7f7f",
     "self_distill": "#1f77b4",
+    "self_distill_ffn_only": "#9edae5",
     "freeze_attention_only": "#ff7f0e",
     "freeze_ffn_only": "#bcbd22",
     "l2_anchor": "#2ca02c",
