@@ -310,6 +310,7 @@ def test_analyze_overlap_end_to_end(run, tmp_path, capsys) -> None:
     assert (doc["before_step"], doc["after_step"]) == (0, 10)
     assert doc["train"] == ["d_known", "d_unknown"] and doc["n_train"] == 32
     assert doc["forgetting_rate"] == pytest.approx(6 / 18)
+    assert doc["relations"] == sorted({r["relation"] for r in rows})
     names = [c["name"] for c in doc["regression"]["coefficients"]]
     assert names[0] == "(intercept)" and "max_key_cosine" in names
     assert sum(b["n"] for b in doc["bins"]) == 18

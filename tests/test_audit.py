@@ -157,6 +157,18 @@ def test_regression_scoring_gives_the_fitted_order(files, tmp_path) -> None:
     order = sorted(known_order, key=lambda i: -expected(by_id[i]))  # ties: file order
     assert [r["id"] for r in rows] == order
     assert rows[0]["relation"] == "birth_year"
+    assert doc["warnings"] == []  # the file records no relations (older versions): no check
+
+    # A fit that saw only birth_year: the other relations are scored as its baseline, and said so.
+    regression.write_text(json.dumps({"regression": fit, "relations": ["birth_year"]}))
+    assert _audit(files, tmp_path / "reg2", *args, train="train_unknown") == 0
+    doc = json.loads((tmp_path / "reg2" / "audit.json").read_text())
+    others = sorted({r["relation"] for r in rows} - {"birth_year"})
+    assert others and doc["warnings"] == [
+        f"relation(s) {', '.join(others)} of the known facts were not in the regression's fit: "
+        "their facts are scored as its baseline relation"
+    ]
+    assert doc["scoring"]["fitted_relations"] == ["birth_year"]
 
 
 def test_no_unknown_training_fact(files, tmp_path) -> None:

@@ -44,7 +44,9 @@ __all__ = [
     "rank_by_score",
     "recommendation",
     "regression_probabilities",
+    "regression_relations",
     "risky_training_keys",
+    "unfitted_relations",
 ]
 
 DEFAULT_SCORE = "max_key_cosine"
@@ -146,6 +148,19 @@ def load_regression(path: str | Path) -> dict[str, float]:
             )
         coefficients[name] = float(value)
     return coefficients
+
+
+def regression_relations(path: str | Path) -> list[str] | None:
+    """The relations of the facts a ``regression.json`` was fitted on (None if not recorded,
+    as in files of older versions). Call after :func:`load_regression` has checked the file."""
+    relations = json.loads(Path(path).read_text(encoding="utf-8")).get("relations")
+    return [str(r) for r in relations] if isinstance(relations, list) else None
+
+
+def unfitted_relations(rows: Sequence[Mapping[str, Any]], fitted: Sequence[str]) -> list[str]:
+    """The relations of ``rows`` that the regression never saw: their facts are scored as its
+    baseline relation, which says nothing about them."""
+    return sorted({str(row["relation"]) for row in rows} - set(fitted))
 
 
 def regression_probabilities(

@@ -366,6 +366,7 @@ def run_overlap(cfg: OverlapCommandConfig) -> int:
             "after_step": inp["after"],
             "n_held": len(inp["held"]),
             "n_labelled": len(rows),
+            "relations": sorted({str(row["relation"]) for row in rows}),
             "n_forgotten": int(y.sum()),
             "forgetting_rate": float(y.mean()),
             "bins": bins,

@@ -110,7 +110,7 @@ def _load(entry: str, splits: str, what: str) -> list[Fact]:
 
 def _inputs(cfg: AuditCommandConfig) -> dict[str, Any]:
     """Check the options and read every input (nothing is written)."""
-    from factkeep.analysis.audit import load_regression
+    from factkeep.analysis.audit import load_regression, regression_relations
     from factkeep.probing.slick import ExemplarPool
     from factkeep.study.probe import ProbeCommandConfig, resolve_protocol
 
@@ -174,6 +174,7 @@ def _inputs(cfg: AuditCommandConfig) -> dict[str, Any]:
         "pool": pool,
         "protocol": protocol,
         "coefficients": load_regression(cfg.regression) if cfg.regression else None,
+        "fitted_relations": regression_relations(cfg.regression) if cfg.regression else None,
     }
 
 
@@ -218,6 +219,7 @@ def run_audit(cfg: AuditCommandConfig) -> int:
         recommendation,
         regression_probabilities,
         risky_training_keys,
+        unfitted_relations,
     )
     from factkeep.analysis.overlap import overlap_features
     from factkeep.models.loading import load_model_and_tokenizer
@@ -235,6 +237,7 @@ def run_audit(cfg: AuditCommandConfig) -> int:
     if cfg.layer > n_layers:
         raise ConfigError(f"layer must be in [0, {n_layers}] for this model, got {cfg.layer}")
     seconds: dict[str, float] = {}
+    warnings: list[str] = []
     t0 = time.time()
     train = list(inp["train"]) if cfg.reuse_categories else _probe(cfg, model, tok, inp)
     seconds["probe"] = round(time.time() - t0, 2)
@@ -255,6 +258,13 @@ def run_audit(cfg: AuditCommandConfig) -> int:
             scores = [float(r[DEFAULT_SCORE]) for r in rows]
         else:
             scores = regression_probabilities(rows, coefficients)
+            unseen = unfitted_relations(rows, inp["fitted_relations"] or [])
+            if inp["fitted_relations"] is not None and unseen:
+                warnings.append(
+                    f"relation(s) {', '.join(unseen)} of the known facts were not in the "
+                    "regression's fit: their facts are scored as its baseline relation"
+                )
+                log.warning(warnings[-1])
         ranked = rank_by_score(rows, scores)
     else:
         log.warning("no %s: nothing to measure the known facts against", label)
@@ -267,6 +277,7 @@ def run_audit(cfg: AuditCommandConfig) -> int:
             "score": "p_forgotten",
             "regression": cfg.regression,
             "coefficients": coefficients,
+            "fitted_relations": inp["fitted_relations"],
         }
     doc = {
         "model": cfg.model,
@@ -297,6 +308,7 @@ def run_audit(cfg: AuditCommandConfig) -> int:
         "top_exposed": top,
         "risky_training": risky,
         "recommendation": recommendation(counts[UNKNOWN], min(10, len(risky))),
+        "warnings": warnings,
         "seconds": seconds,
     }
     summary = format_summary(doc)
@@ -308,5 +320,7 @@ def run_audit(cfg: AuditCommandConfig) -> int:
     atomic_write_json(out / "audit.json", doc)
     atomic_write_text(out / "summary.md", summary)
     print(summary)
+    for warning in warnings:
+        print(f"Warning: {warning}")
     print(f"Files in {out}: audit.json, exposed.jsonl, train_categories.jsonl, summary.md")
     return 0
