@@ -240,8 +240,10 @@ def _train_job_in_worker(cfg: TrainCommandConfig) -> dict[str, Any]:
 
 
 def _run_key(model_key: str, split_cfg: SplitCommandConfig, train_cfg: TrainCommandConfig) -> str:
-    """What a run's results depend on (not its thread count or progress bars)."""
-    options = {k: v for k, v in asdict(train_cfg).items() if k not in ("threads", "progress")}
+    """What a run's results depend on (not its thread count, progress bars or resuming)."""
+    from factkeep.training.run import VOLATILE_OPTIONS
+
+    options = {k: v for k, v in asdict(train_cfg).items() if k not in VOLATILE_OPTIONS}
     return _key([model_key, asdict(split_cfg), options])
 
 
@@ -264,14 +266,6 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
             f"| {r['forgetting']:.1%} | {r['seconds']:.0f} s |"
         )
     return "\n".join(lines)
-
-
-def _on_gpu(train_overrides: list[str]) -> bool:
-    """Whether the trainings will run on a GPU (``device`` left at ``auto`` and one is present)."""
-    import torch
-
-    device = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("device=")), "auto")
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 Job = tuple[int, str, TrainCommandConfig, str]
@@ -413,9 +407,10 @@ def run_demo(cfg: DemoConfig) -> int:
             train_cfg.resume = False
         pending.append((i, name, train_cfg, key))
 
-    processes, threads = worker_plan(
-        cfg.jobs, cfg.threads, len(pending), on_gpu=_on_gpu(cfg.train_overrides)
-    )
+    from factkeep.models.loading import resolve_device
+
+    on_gpu = any(resolve_device(job[2].device).type != "cpu" for job in pending)
+    processes, threads = worker_plan(cfg.jobs, cfg.threads, len(pending), on_gpu=on_gpu)
     if processes > 1:
         each = f"{threads} thread(s) each"
         print(f"\n[demo] training {len(pending)} runs, {processes} at a time ({each})")

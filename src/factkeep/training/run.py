@@ -65,7 +65,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Options that do not change what a run computes (may differ when resuming).
-_VOLATILE = {"progress", "threads", "resume", "report_to"}
+VOLATILE_OPTIONS = {"progress", "threads", "resume", "report_to"}
+"""Options that do not change what a run computes (ignored when comparing run configs)."""
 
 
 @dataclass
@@ -195,7 +196,9 @@ def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
 
     old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     new = config_to_dict(cfg)
-    diff = sorted(k for k in set(old) | set(new) if k not in _VOLATILE and old.get(k) != new.get(k))
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in VOLATILE_OPTIONS and old.get(k) != new.get(k)
+    )
     if diff:
         raise ConfigError(
             f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
