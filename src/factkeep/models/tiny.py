@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from factkeep.config import help_field
+from factkeep.config import ConfigError, help_field
 
 
 @dataclass
@@ -26,15 +26,44 @@ class TinyModelConfig:
     hidden_size: int = help_field(128, "Width of the residual stream.")
     num_layers: int = help_field(4, "Number of transformer blocks.")
     num_heads: int = help_field(4, "Attention heads per block.")
+    num_kv_heads: int = help_field(
+        0,
+        "Key/value heads per block, grouped-query attention as in Llama 3 and Qwen2 (llama and "
+        "qwen2 only; must divide num_heads; 0 = one per attention head).",
+    )
     intermediate_size: int = help_field(512, "Width of the MLP's hidden layer.")
     max_positions: int = help_field(128, "Longest sequence (tokens) the model handles.")
     tie_embeddings: bool = help_field(True, "Share input embedding and LM head weights.")
     init_std: float = help_field(0.02, "Standard deviation of the initial weights.")
 
 
+def kv_heads(cfg: TinyModelConfig) -> int:
+    """The number of key/value heads ``cfg`` asks for, checked against its family and heads.
+
+    Raises:
+        ConfigError: naming ``model.num_kv_heads`` if it does not divide ``num_heads`` or the
+            family has no grouped-query attention.
+    """
+    if cfg.num_kv_heads == 0:
+        return cfg.num_heads
+    if cfg.num_kv_heads < 0 or cfg.num_heads % cfg.num_kv_heads:
+        raise ConfigError(
+            f"option 'model.num_kv_heads': {cfg.num_kv_heads} does not divide "
+            f"model.num_heads={cfg.num_heads}"
+        )
+    if cfg.family not in ("llama", "qwen2") and cfg.num_kv_heads != cfg.num_heads:
+        raise ConfigError(
+            f"option 'model.num_kv_heads': family {cfg.family!r} has no grouped-query attention "
+            "(use llama or qwen2, or 0)"
+        )
+    return cfg.num_kv_heads
+
+
 def build_config(cfg: TinyModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):  # type: ignore[no-untyped-def]
     """The ``transformers`` config object for ``cfg`` (not yet a model)."""
     from transformers import AutoConfig
+
+    n_kv = kv_heads(cfg)
 
     common = {
         "vocab_size": vocab_size,
@@ -50,7 +79,7 @@ def build_config(cfg: TinyModelConfig, vocab_size: int, pad_id: int, bos_id: int
             hidden_size=cfg.hidden_size,
             num_hidden_layers=cfg.num_layers,
             num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_heads,
+            num_key_value_heads=n_kv,
             intermediate_size=cfg.intermediate_size,
             max_position_embeddings=cfg.max_positions,
             **common,

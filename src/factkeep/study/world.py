@@ -33,7 +33,7 @@ import torch
 from factkeep.config import help_field, nested
 from factkeep.data.facts import Fact, write_facts
 from factkeep.data.world import POPULATIONS, World, WorldSpec, build_world
-from factkeep.models.tiny import TinyModelConfig
+from factkeep.models.tiny import TinyModelConfig, kv_heads
 from factkeep.rundir import atomic_write_json, atomic_write_text, write_run_metadata
 from factkeep.training.pretrain import PretrainConfig
 
@@ -156,6 +156,7 @@ def run_world(cfg: WorldCommandConfig) -> int:
     """Run ``factkeep world``: returns the exit code."""
     from factkeep.models.loading import load_model_and_tokenizer
 
+    kv_heads(cfg.model)  # a bad model shape fails before anything is written
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
