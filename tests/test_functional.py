@@ -115,6 +115,55 @@ def test_top_k_renormalises_over_the_teachers_top_tokens():
     assert got_reverse.item() == pytest.approx(reverse, rel=1e-6)
 
 
+def test_excluding_the_target_renormalises_over_the_other_tokens():
+    # Position 1 excludes token 0 (its label). Teacher logits (ln 3, ln 2, 0, 0): without token 0,
+    # p_T = (1/2, 1/4, 1/4) over tokens 1-3. Student logits (5, 0, ln 2, 0): p_S = (1/4, 1/2, 1/4).
+    # Forward KL = 1/2 ln 2 + 1/4 ln(1/2) + 0 = ln(2) / 4.
+    # Position 2 has no label (-100): the full KL of p_T = (2/5, 1/5, 1/5, 1/5) and a uniform p_S.
+    teacher = torch.tensor([[[LN(3), LN(2), 0.0, 0.0], [LN(2), 0.0, 0.0, 0.0]]])
+    student = torch.tensor([[[5.0, 0.0, LN(2), 0.0], [0.0, 0.0, 0.0, 0.0]]], requires_grad=True)
+    mask = torch.tensor([[True, True]])
+    exclude = torch.tensor([[0, IGNORE_INDEX]])
+    first = LN(2) / 4
+    second = 2 / 5 * LN((2 / 5) / (1 / 4)) + 3 * (1 / 5) * LN((1 / 5) / (1 / 4))
+    kl = tempered_kl(student, teacher, mask, exclude=exclude)
+    assert kl.item() == pytest.approx((first + second) / 2, rel=1e-6)
+    # The excluded token gets no gradient: the student may raise its answer freely.
+    (grad,) = torch.autograd.grad(kl, student)
+    assert grad[0, 0, 0].item() == 0.0
+    assert grad[0, 0, 1:].abs().sum().item() > 0
+    assert torch.isfinite(grad).all()
+    # ... and its logit does not change the value.
+    moved = student.detach().clone()
+    moved[0, 0, 0] = -20.0
+    assert tempered_kl(moved, teacher, mask, exclude=exclude).item() == pytest.approx(kl.item())
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize(("top_k", "chunk_size"), [(None, None), (4, None), (None, 2)])
+def test_exclude_without_targets_is_the_plain_kl_and_chunks_agree(direction, top_k, chunk_size):
+    student, teacher, mask = _random_case(7)
+    kwargs = {"temperature": 0.5, "direction": direction, "top_k": top_k}
+    nothing = torch.full(mask.shape, IGNORE_INDEX)
+    plain = tempered_kl(student, teacher, mask, **kwargs)
+    assert tempered_kl(
+        student, teacher, mask, exclude=nothing, chunk_size=chunk_size, **kwargs
+    ).item() == pytest.approx(plain.item(), abs=1e-6)
+    targets = torch.randint(
+        0, student.shape[-1], mask.shape, generator=torch.Generator().manual_seed(0)
+    )
+    exact = tempered_kl(student, teacher, mask, exclude=targets, **kwargs)
+    (exact_grad,) = torch.autograd.grad(exact, student)
+    chunked = tempered_kl(student, teacher, mask, exclude=targets, chunk_size=chunk_size, **kwargs)
+    (chunked_grad,) = torch.autograd.grad(chunked, student)
+    assert abs(chunked.item() - exact.item()) < 1e-6
+    torch.testing.assert_close(chunked_grad, exact_grad, rtol=0, atol=1e-6)
+    assert exact.item() != pytest.approx(plain.item(), abs=1e-4)
+    # The same distribution with itself is still at KL 0 after the exclusion.
+    same = tempered_kl(teacher, teacher, mask, exclude=targets, **kwargs)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
 # --- properties -----------------------------------------------------------------------------------
 
 

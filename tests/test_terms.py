@@ -168,3 +168,23 @@ def test_kl_only_where_the_teacher_is_confident(tiny) -> None:
     assert full > 0
     assert float(KLToTeacher(weight=1.0, min_teacher_prob=1.0 + 1e-6)(ctx)) == 0.0
     assert float(KLToTeacher(weight=1.0, min_teacher_prob=1e-9)(ctx)) == pytest.approx(full)
+
+
+def test_kl_without_the_target_ignores_the_answer_logit(tiny) -> None:
+    model, tok = tiny
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    ctx = _ctx(model, _batch(tok), Teacher(other))
+    full = KLToTeacher(weight=1.0)(ctx)
+    non_target = KLToTeacher(weight=1.0, exclude_target=True)(ctx)
+    assert float(non_target) > 0
+    assert float(non_target) != pytest.approx(float(full))
+    (grad,) = torch.autograd.grad(non_target, ctx.logits)
+    answers = ctx.labels != -100  # (B, T)
+    gold = grad[answers].gather(-1, ctx.labels[answers].unsqueeze(-1))  # (N, 1)
+    assert torch.count_nonzero(gold) == 0
+    assert grad[answers].abs().sum() > 0

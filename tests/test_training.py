@@ -155,7 +155,16 @@ def test_cached_teacher_runs_the_teacher_once_per_cache_batch_not_per_step(files
 
 
 @pytest.mark.parametrize(
-    "config", ["known_only", "freeze_ffn_only", "l2_anchor", "kl_to_base", "ewc", "label_smoothing"]
+    "config",
+    [
+        "known_only",
+        "freeze_ffn_only",
+        "l2_anchor",
+        "kl_to_base",
+        "ewc",
+        "label_smoothing",
+        "self_distill_nontarget",
+    ],
 )
 def test_controls_run(files, tmp_path, config) -> None:
     out = tmp_path / config
@@ -272,6 +281,11 @@ def test_nonfinite_loss_stops_with_a_clear_message(files, tmp_path, capsys) -> N
         (["loss.kl_weight=1"], "need a teacher"),
         (["teacher.kind=snapshot", "loss.kl_weight=1"], "format phase"),
         (["freeze.train=[bogus]"], "bogus"),
+        (["optim.optimizer=adamz"], "optim.optimizer"),
+        (
+            ["--config", str(CONFIGS / "self_distill_nontarget.yaml"), "teacher.cache_top_k=8"],
+            "loss.kl_exclude_target",
+        ),
         (["data.train=[nope]"], "nope.jsonl"),
         (['model=""'], "model= is required"),
     ],
@@ -321,3 +335,12 @@ def test_ema_teacher_follows_the_student_and_is_checkpointed(files, tmp_path) ->
     ema = load_file(checkpoints[-1] / "ema_teacher" / "model.safetensors")
     assert any(not torch.equal(snapshot[k], ema[k]) for k in snapshot)
     assert _results(out)["teacher_forwards"] == 12  # 2 epochs x 6 batches
+
+
+def test_optimizer_option_reaches_the_trainer(files, tmp_path) -> None:
+    out = tmp_path / "sgd"
+    assert main(_args(files, out, "sft", "optim.epochs=1", "optim.optimizer=sgd")) == 0
+    (checkpoint,) = sorted((out / "checkpoints" / "main").glob("checkpoint-*"))[-1:]
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    assert "momentum" in state["param_groups"][0]  # torch.optim.SGD's own option
+    assert "betas" not in state["param_groups"][0]

@@ -42,6 +42,7 @@ METHOD_COLORS: dict[str, str] = {
     "known_only": "#7f7f7f",
     "self_distill": "#1f77b4",
     "self_distill_ffn_only": "#9edae5",
+    "self_distill_nontarget": "#393b79",
     "freeze_attention_only": "#ff7f0e",
     "freeze_ffn_only": "#bcbd22",
     "l2_anchor": "#2ca02c",

@@ -169,10 +169,31 @@ def masked_nll(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> 
     return F.cross_entropy(rows.float(), targets, label_smoothing=label_smoothing)
 
 
+def _drop_tokens(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """Float32 ``logits (n, V)`` with ``tokens[i]`` (unless -100) given zero probability.
+
+    The dropped logit is set to a huge *finite* negative number (still finite after the division
+    by ``temperature``): its softmax probability is exactly 0, and unlike ``-inf`` it keeps the
+    reverse KL's gradient free of ``0 · (−inf − −inf)`` NaNs.
+    """
+    drop = tokens != IGNORE_INDEX  # (n,)
+    hit = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)  # (n, V)
+    hit[drop, tokens[drop].long()] = True
+    return logits.float().masked_fill(hit, -1e30 * min(1.0, temperature))
+
+
 def _rows_kl(
-    student: Tensor, teacher: Tensor, temperature: float, direction: str, top_k: int | None
+    student: Tensor,
+    teacher: Tensor,
+    exclude: Tensor | None,
+    temperature: float,
+    direction: str,
+    top_k: int | None,
 ) -> Tensor:
-    """Per-row tempered KL of ``(n, V)`` logits, float32 ``(n,)``."""
+    """Per-row tempered KL of ``(n, V)`` logits, float32 ``(n,)``; ``exclude (n,)`` token ids."""
+    if exclude is not None:
+        student = _drop_tokens(student, exclude, temperature)
+        teacher = _drop_tokens(teacher, exclude, temperature)
     if top_k is not None and top_k < teacher.shape[-1]:
         index = teacher.topk(top_k, dim=-1).indices  # (n, k)
         student = student.gather(-1, index)  # (n, k)
@@ -224,6 +245,7 @@ def tempered_kl(
     direction: KLDirection = "forward",
     top_k: int | None = None,
     chunk_size: int | None = None,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """Mean over masked positions of the KL between tempered teacher and student distributions.
 
@@ -246,6 +268,12 @@ def tempered_kl(
             each chunk recomputed in the backward pass (activation checkpointing), so only
             ``(chunk_size, V)`` float32 temporaries are alive at once instead of ``(N, V)``.
             Same value (up to float rounding) and gradients as unchunked.
+        exclude: optional ``(B, T)`` token ids, e.g. the shifted labels: at each position whose
+            id is not -100 that token is removed from *both* distributions, which are
+            renormalised over the other ``V − 1`` tokens before the KL (the non-target term of
+            Decoupled Knowledge Distillation, Zhao et al. 2022). The student may then move mass
+            onto (or off) the excluded token freely; only the shape of the rest is kept. Applied
+            before ``top_k``.
 
     Returns:
         Scalar float32; 0 (still connected to ``student_logits``) when ``mask`` is empty.
@@ -267,6 +295,8 @@ def tempered_kl(
             f"{tuple(teacher_logits.shape)} differ in shape"
         )
     _check_aligned(student_logits, mask, "mask")
+    if exclude is not None:
+        _check_aligned(student_logits, exclude, "exclude")
 
     selected = mask.to(device=student_logits.device, dtype=torch.bool)  # (B, T)
     student = student_logits[selected]  # (N, V)
@@ -276,7 +306,13 @@ def tempered_kl(
         return _graph_zero(student_logits)
 
     rows_kl = functools.partial(_rows_kl, temperature=temperature, direction=direction, top_k=top_k)
-    per_row = map_row_chunks(rows_kl, (student, teacher), chunk_size)  # (N,)
+    if exclude is None:
+        per_row = map_row_chunks(
+            lambda s_, t_: rows_kl(s_, t_, None), (student, teacher), chunk_size
+        )  # (N,)
+    else:
+        dropped = exclude.to(student.device)[selected]  # (N,)
+        per_row = map_row_chunks(rows_kl, (student, teacher, dropped), chunk_size)
     return per_row.sum() / n_rows
 
 
@@ -288,6 +324,7 @@ def distillation_loss(
     direction: KLDirection = "forward",
     top_k: int | None = None,
     chunk_size: int | None = None,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """``τ² · tempered_kl(...)``: the distillation term, before its weight ``λ``.
 
@@ -301,6 +338,7 @@ def distillation_loss(
         direction=direction,
         top_k=top_k,
         chunk_size=chunk_size,
+        exclude=exclude,
     )
     return kl * (temperature * temperature)
 

@@ -123,6 +123,7 @@ class KLToTeacher(LossTerm):
     top_k: int | None = None
     chunk_size: int | None = None
     min_teacher_prob: float = 0.0
+    exclude_target: bool = False
     cached: bool = False
     name = "kl_to_teacher"
 
@@ -158,6 +159,7 @@ class KLToTeacher(LossTerm):
             direction=self.direction,
             top_k=self.top_k,
             chunk_size=self.chunk_size,
+            exclude=ctx.labels if self.exclude_target else None,
         )
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:

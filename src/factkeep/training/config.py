@@ -43,13 +43,16 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule (AdamW) of every phase."""
+    """Optimiser and schedule of every phase."""
 
+    optimizer: str = help_field(
+        "adamw_torch", "Optimiser: a Trainer 'optim' name (adamw_torch, sgd, adafactor, ...)."
+    )
     epochs: float = help_field(20.0, "Epochs of the main phase.")
     lr: float = help_field(1e-4, "Learning rate.")
     batch_size: int = help_field(32, "Examples per device per step.")
     grad_accum: int = help_field(1, "Gradient accumulation steps.")
-    weight_decay: float = help_field(0.0, "AdamW weight decay.")
+    weight_decay: float = help_field(0.0, "Weight decay.")
     warmup_ratio: float = help_field(0.0, "Fraction of each phase's steps spent warming up.")
     scheduler: str = help_field("constant", "Learning-rate schedule (a Trainer lr_scheduler_type).")
     grad_clip: float = help_field(1.0, "Gradient-norm clipping (0 = off).")
@@ -80,6 +83,11 @@ class LossConfig:
     )
     kl_min_teacher_prob: float = help_field(
         0.0, "Take the KL only where the teacher's top token has at least this probability."
+    )
+    kl_exclude_target: bool = help_field(
+        False,
+        "At answer positions, take the KL over the non-target tokens only (the gold token removed "
+        "from both distributions, the rest renormalised), so it never resists learning the answer.",
     )
     kl_top_k: int = help_field(0, "Truncate the KL to the teacher's top-k tokens (0 = full).")
     kl_chunk_size: int = help_field(0, "KL over this many positions at a time (0 = all).")
@@ -195,6 +203,14 @@ class TrainCommandConfig(ModelOptions):
             raise ConfigError("model= is required (an HF model folder or hub id)")
         if not self.data.train:
             raise ConfigError("data.train is empty: nothing to train on")
+        from transformers.training_args import OptimizerNames
+
+        optimizers = [o.value for o in OptimizerNames]
+        if self.optim.optimizer not in optimizers:
+            raise ConfigError(
+                f"option 'optim.optimizer': {self.optim.optimizer!r} is not a Trainer optimiser "
+                f"({', '.join(optimizers[:6])}, ...)"
+            )
         needs_teacher = self.loss.kl_weight > 0 or self.loss.l2_weight > 0 or self.loss.l2_match_kl
         if needs_teacher and self.teacher.kind == "none":
             raise ConfigError(
@@ -223,10 +239,14 @@ class TrainCommandConfig(ModelOptions):
                 raise ConfigError(
                     "teacher.cache_top_k needs a fixed teacher: an ema teacher changes every step"
                 )
-            if self.loss.kl_min_teacher_prob > 0 or self.loss.kl_top_k > 0:
+            if (
+                self.loss.kl_min_teacher_prob > 0
+                or self.loss.kl_top_k > 0
+                or self.loss.kl_exclude_target
+            ):
                 raise ConfigError(
                     "teacher.cache_top_k replaces loss.kl_top_k and does not support "
-                    "loss.kl_min_teacher_prob: set them to 0"
+                    "loss.kl_min_teacher_prob or loss.kl_exclude_target: set them to 0 / false"
                 )
         if self.lora.r > 0 and (self.freeze.train or self.freeze.freeze):
             raise ConfigError("lora.r > 0 trains adapters only: leave freeze.* empty")

@@ -252,6 +252,7 @@ def _training_args(cfg: TrainCommandConfig, phase: _Phase, out: Path) -> Trainin
     return TrainingArguments(
         output_dir=str(out / "checkpoints" / phase.name),
         num_train_epochs=phase.epochs,
+        optim=cfg.optim.optimizer,
         learning_rate=phase.lr,
         per_device_train_batch_size=cfg.optim.batch_size,
         gradient_accumulation_steps=cfg.optim.grad_accum,
@@ -340,6 +341,7 @@ class _Runner:
                 top_k=loss.kl_top_k or None,
                 chunk_size=loss.kl_chunk_size or None,
                 min_teacher_prob=loss.kl_min_teacher_prob,
+                exclude_target=loss.kl_exclude_target,
                 cached=self.cfg.teacher.cache_top_k > 0,
             )
 
