@@ -56,6 +56,7 @@ DEMO_METHODS = [
     "sft",
     "known_only",
     "self_distill",
+    "self_distill_nontarget",
     "freeze_attention_only",
     "freeze_ffn_only",
     "l2_anchor",
