@@ -89,20 +89,25 @@ def test_presets_fill_only_the_options_left_at_their_defaults() -> None:
 
 @pytest.mark.slow
 def test_full_demo_shows_the_papers_directions(tmp_path) -> None:
-    """The default demo (about 6 minutes on 2 CPU cores): SFT forgets, known-only does not,
-    self-distillation forgets clearly less than SFT while learning as many new facts, training
-    attention only learns far fewer new facts (seed 0 measured: 16.2%, 0.0%, 6.4%, 35%)."""
+    """The default demo (3.5 to 8 minutes on 2 CPU cores): SFT forgets, known-only does not,
+    self-distillation forgets clearly less than SFT while learning as many new facts, and with the
+    non-target KL at most a quarter as much; training attention only learns far fewer new facts
+    (seed 0 measured on two machines: forgetting 11.4 / 16.2%, 0.2 / 0.0%, 6.4 / 6.4%,
+    2.0 / 2.2%; attention-only new facts 36 / 35%)."""
     out = tmp_path / "demo"
     assert main(["demo", f"out={out}"]) == 0
+    methods = ("sft", "known_only", "self_distill", "self_distill_nontarget")
     res = {
         m: json.loads((out / "runs" / m / "results.json").read_text())
-        for m in ("sft", "known_only", "self_distill", "freeze_attention_only")
+        for m in (*methods, "freeze_attention_only")
     }
     sft_new = res["sft"]["final"]["d_unknown"]
     assert res["sft"]["forgetting"] >= 0.10
     assert res["known_only"]["forgetting"] <= 0.05
     assert res["self_distill"]["forgetting"] <= 0.6 * res["sft"]["forgetting"]
     assert res["self_distill"]["final"]["d_unknown"] >= 0.9 * sft_new
+    assert res["self_distill_nontarget"]["forgetting"] <= 0.25 * res["sft"]["forgetting"]
+    assert res["self_distill_nontarget"]["final"]["d_unknown"] >= 0.9 * sft_new
     assert res["freeze_attention_only"]["final"]["d_unknown"] <= 0.5 * sft_new
     assert (out / "report.html").is_file()
 
