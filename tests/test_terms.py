@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -49,7 +50,6 @@ def _ctx(model, batch, teacher: Teacher | None = None) -> LossContext:
 
 def test_kl_to_an_identical_teacher_is_zero_and_nll_is_the_plain_loss(tiny) -> None:
     model, tok = tiny
-    import copy
 
     teacher = Teacher(copy.deepcopy(model))
     batch = _batch(tok)
@@ -63,7 +63,6 @@ def test_kl_to_an_identical_teacher_is_zero_and_nll_is_the_plain_loss(tiny) -> N
 
 def test_l2_control_sets_mu_so_gradient_norms_match(tiny) -> None:
     model, tok = tiny
-    import copy
 
     teacher = Teacher(copy.deepcopy(model))
     student = copy.deepcopy(model)
@@ -86,7 +85,6 @@ def test_l2_control_sets_mu_so_gradient_norms_match(tiny) -> None:
 
 def test_l2_at_the_anchor_keeps_its_initial_weight(tiny) -> None:
     model, tok = tiny
-    import copy
 
     teacher = Teacher(copy.deepcopy(model))
     anchor = {n: p.clone() for n, p in teacher.named_parameters()}
@@ -154,16 +152,18 @@ def test_forgetting_is_the_relative_decline_from_the_peak() -> None:
     assert s["peak"]["d_unknown"] == 0.9 and s["steps"] == 9
 
 
-def test_kl_only_where_the_teacher_is_confident(tiny) -> None:
-    model, tok = tiny
-    import copy
-
+def _perturbed_teacher(model: torch.nn.Module) -> Teacher:
+    """A teacher that disagrees with ``model``: a copy with noise added to every weight."""
     other = copy.deepcopy(model)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.5 * torch.randn_like(p))
-    teacher = Teacher(other)
-    ctx = _ctx(model, _batch(tok), teacher)
+    return Teacher(other)
+
+
+def test_kl_only_where_the_teacher_is_confident(tiny) -> None:
+    model, tok = tiny
+    ctx = _ctx(model, _batch(tok), _perturbed_teacher(model))
     full = float(KLToTeacher(weight=1.0)(ctx))
     assert full > 0
     assert float(KLToTeacher(weight=1.0, min_teacher_prob=1.0 + 1e-6)(ctx)) == 0.0
@@ -172,13 +172,7 @@ def test_kl_only_where_the_teacher_is_confident(tiny) -> None:
 
 def test_kl_without_the_target_ignores_the_answer_logit(tiny) -> None:
     model, tok = tiny
-    import copy
-
-    other = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    ctx = _ctx(model, _batch(tok), Teacher(other))
+    ctx = _ctx(model, _batch(tok), _perturbed_teacher(model))
     full = KLToTeacher(weight=1.0)(ctx)
     non_target = KLToTeacher(weight=1.0, exclude_target=True)(ctx)
     assert float(non_target) > 0
