@@ -50,7 +50,6 @@ def _ctx(model, batch, teacher: Teacher | None = None) -> LossContext:
 
 def test_kl_to_an_identical_teacher_is_zero_and_nll_is_the_plain_loss(tiny) -> None:
     model, tok = tiny
-
     teacher = Teacher(copy.deepcopy(model))
     batch = _batch(tok)
     ctx = _ctx(model, batch, teacher)
@@ -63,7 +62,6 @@ def test_kl_to_an_identical_teacher_is_zero_and_nll_is_the_plain_loss(tiny) -> N
 
 def test_l2_control_sets_mu_so_gradient_norms_match(tiny) -> None:
     model, tok = tiny
-
     teacher = Teacher(copy.deepcopy(model))
     student = copy.deepcopy(model)
     with torch.no_grad():
@@ -85,7 +83,6 @@ def test_l2_control_sets_mu_so_gradient_norms_match(tiny) -> None:
 
 def test_l2_at_the_anchor_keeps_its_initial_weight(tiny) -> None:
     model, tok = tiny
-
     teacher = Teacher(copy.deepcopy(model))
     anchor = {n: p.clone() for n, p in teacher.named_parameters()}
     term = L2ToAnchor(anchor=anchor, weight=0.7, match=KLToTeacher())
