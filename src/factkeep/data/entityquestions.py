@@ -1,7 +1,9 @@
 """Loader for EntityQuestions (Sciavolino et al., 2021), the closed-book QA set factkeep uses.
 
 The data set lives outside the repository, read-only, at ``../shared/data/entityquestions``
-relative to the project root (override with the ``FACTKEEP_EQ_ROOT`` environment variable)::
+relative to the project root (override with the ``FACTKEEP_EQ_ROOT`` environment variable; a copy
+downloaded by ``factkeep data entityquestions download=true`` into the cache is used before the
+shared one, see :mod:`factkeep.data.eq_download`)::
 
     relation_query_templates.json          {"P17": "Which country is [X] located in?", ...}
     train/P17.train.json                   [{"question": str, "answers": [str, ...]}, ...]
@@ -45,7 +47,10 @@ _FILE_RE = re.compile(r"(P\d+)\.(train|dev|test)\.json")
 
 
 def default_eq_root() -> Path:
-    """Where EntityQuestions is: ``$FACTKEEP_EQ_ROOT`` if set, else ``../shared/...`` from cwd.
+    """Where EntityQuestions is: ``$FACTKEEP_EQ_ROOT`` if set, else the copy downloaded into the
+    cache (``$FACTKEEP_CACHE/entityquestions``) if there is one, else ``../shared/...`` from cwd.
+
+    See :mod:`factkeep.data.eq_download` for the cache and the download.
 
     Returns:
         The (resolved) data set root; it may not exist.
@@ -53,6 +58,11 @@ def default_eq_root() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
+    from factkeep.data.eq_download import eq_cache_path  # it imports this module
+
+    cached = eq_cache_path()
+    if cached.is_dir():
+        return cached
     return (Path.cwd() / ".." / "shared" / "data" / "entityquestions").resolve()
 
 

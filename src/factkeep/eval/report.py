@@ -73,7 +73,8 @@ COLUMNS = (
 # Options that do not change what a run learns (paths, bookkeeping, evaluation schedule).
 _IGNORED = {
     *("method", "seed", "out", "model", "gguf_file", "dtype", "device", "threads", "progress"),
-    *("resume", "report_to", "save_every_steps", "save_total_limit", "log_every_steps"),
+    *("resume", "report_to", "save_every_steps", "save_total_limit", "keep_checkpoints"),
+    "log_every_steps",
     *("data.splits", "data.eval", "eval.every_steps", "eval.each_epoch", "eval.at_start"),
     *("eval.every_epochs",),
     *("eval.batch_size", "eval.max_new_tokens"),

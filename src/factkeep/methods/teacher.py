@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from factkeep.models.loading import resolve_dtype
+from factkeep.models.loading import load_model
 
 __all__ = ["TEACHER_KINDS", "Teacher"]
 
@@ -52,13 +52,9 @@ class Teacher:
         dtype: str = "auto",
         gguf_file: str | None = None,
     ) -> Teacher:
-        """Load a teacher from a model folder or hub id (weights only; no tokenizer needed)."""
-        from transformers import AutoModelForCausalLM
-
-        extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype), **extra)
+        """Load a teacher from a model folder, hub id or GGUF file (weights only, no tokenizer)."""
+        model = load_model(str(path), dtype=dtype, device=device, gguf_file=gguf_file)
         log.info("teacher loaded from %s", path)
-        model.to(device)  # type: ignore[arg-type]
         return cls(model)
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ Example::
 
     model, tok = load_model_and_tokenizer("runs/world/model")
     model, tok = load_model_and_tokenizer("/models/gemma", gguf_file="gemma-3-270m-Q4_K_M.gguf")
+    model, tok = load_model_and_tokenizer("smollm2-135m")   # installed with `make models`
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from factkeep.config import help_field
 from factkeep.errors import FactkeepError
+from factkeep.models.catalog import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,11 @@ log = logging.getLogger(__name__)
 class ModelOptions:
     """The model options every command that loads a model shares (its config inherits them)."""
 
-    model: str = help_field("", "Model: a Hugging Face model folder or hub id (required).")
+    model: str = help_field(
+        "",
+        "Model: a Hugging Face model folder, a hub id, or an installed catalog model "
+        "(smollm2-135m, gemma3-270m; see 'make models') (required).",
+    )
     gguf_file: str | None = help_field(None, "A GGUF file inside the model folder (needs gguf).")
     dtype: str = help_field("auto", "auto, float32, bfloat16 or float16.")
     device: str = help_field("auto", "auto (CUDA if present), cpu, cuda, cuda:1, ...")
@@ -64,6 +70,74 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _dense(model: Any, name: str) -> Any:
+    """A model loaded from GGUF as the ordinary dense model it now is (trainable, savable).
+
+    transformers marks a model read from a GGUF file as quantized even when every weight was
+    dequantised to a float tensor, and then ``Trainer`` refuses to fine-tune it and
+    ``save_pretrained`` writes a ``quantization_config`` no loader needs. factkeep loads GGUF
+    files dequantised (``GgufConfig(dequantize=True)``), so the marks are removed here.
+    """
+    packed = [n for n, p in model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        raise FactkeepError(
+            f"model '{name}' kept {len(packed)} weights packed (e.g. {packed[0]}); "
+            "factkeep needs float weights: load it without quantization"
+        )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str = "auto",
+    device: str | torch.device = "cpu",
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load a causal LM (no tokenizer): a folder, a hub id, a GGUF file or a catalog name.
+
+    A GGUF file's weights are dequantised to float (float32 unless ``dtype`` says otherwise), so
+    the model trains, saves and evaluates like any other (:func:`_dense`).
+
+    Args:
+        name_or_path: a local HF model folder, a hub id, or a name of
+            :data:`~factkeep.models.catalog.CATALOG` (e.g. ``smollm2-135m``).
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device: where the model goes.
+        gguf_file: a GGUF file name inside ``name_or_path`` (needs the ``gguf`` package).
+        trust_remote_code: allow model code from the hub (off by default).
+
+    Returns:
+        The model, in eval mode, on ``device``.
+    """
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    folder, gguf_file = resolve_model(name_or_path, gguf_file)
+    kwargs = _hub_kwargs(folder, gguf_file, trust_remote_code)
+    if gguf_file:
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype), **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        raise FactkeepError(f"cannot load model '{name_or_path}': {exc}") from exc
+    model = _dense(model, name_or_path)
+    model = model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return model
+
+
+def _hub_kwargs(folder: str, gguf_file: str | None, trust_remote_code: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if Path(folder).exists():
+        kwargs["local_files_only"] = True
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    return kwargs
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     dtype: str = "auto",
@@ -74,9 +148,10 @@ def load_model_and_tokenizer(
     """Load a causal LM and its tokenizer, ready for generation and training.
 
     Args:
-        name_or_path: a local HF model folder or a hub id.
-        dtype: ``auto`` (the checkpoint's dtype; float32 for GGUF, which transformers
-            dequantises), ``float32``, ``bfloat16`` or ``float16``.
+        name_or_path: a local HF model folder, a hub id, or a catalog name (``smollm2-135m``;
+            see :mod:`factkeep.models.catalog`).
+        dtype: ``auto`` (the checkpoint's dtype; float32 for GGUF, which is dequantised),
+            ``float32``, ``bfloat16`` or ``float16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
         gguf_file: a GGUF file name inside ``name_or_path`` (needs the ``gguf`` package).
         trust_remote_code: allow model code from the hub (off by default).
@@ -84,27 +159,20 @@ def load_model_and_tokenizer(
     Returns:
         ``(model, tokenizer)``; the tokenizer has a pad token (EOS if it had none).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    local = Path(name_or_path).exists()
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if local:
-        kwargs["local_files_only"] = True
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
+    folder, gguf = resolve_model(name_or_path, gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=resolve_dtype(dtype), **kwargs
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, **_hub_kwargs(folder, gguf, trust_remote_code)
         )
-    except (OSError, ValueError) as exc:
-        raise FactkeepError(f"cannot load model '{name_or_path}': {exc}") from exc
+    except (OSError, ValueError, ImportError) as exc:
+        raise FactkeepError(f"cannot load the tokenizer of '{name_or_path}': {exc}") from exc
+    model = load_model(name_or_path, dtype, resolve_device(device), gguf_file, trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model = model.to(resolve_device(device))  # type: ignore[arg-type]
-    model.eval()
     log.info(
         "loaded %s (%s, %.1fM parameters, %s, %s)",
         name_or_path,

@@ -190,7 +190,16 @@ class TrainCommandConfig(ModelOptions):
     lora: LoraConfig = nested(LoraConfig, "LoRA (main phase).")
     eval: EvalConfig = nested(EvalConfig, "Evaluation along training.")
     save_every_steps: int = help_field(0, "Checkpoint every N steps (0 = every epoch).")
-    save_total_limit: int = help_field(2, "Checkpoints kept per phase (the final model is kept).")
+    save_total_limit: int = help_field(
+        1,
+        "Checkpoints kept while a phase runs, the newest ones (they let an interrupted run "
+        "resume; 0 = write none, and an interrupted phase restarts from its beginning).",
+    )
+    keep_checkpoints: bool = help_field(
+        False,
+        "Keep a finished phase's checkpoints (analyze drift reads them); by default they are "
+        "deleted when the phase ends, leaving the phase's final model only.",
+    )
     log_every_steps: int = help_field(10, "Log the loss and its terms every N steps.")
     report_to: str = help_field("none", "Trainer logging backends: none, tensorboard, wandb, ...")
     threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
@@ -248,5 +257,7 @@ class TrainCommandConfig(ModelOptions):
                     "teacher.cache_top_k replaces loss.kl_top_k and does not support "
                     "loss.kl_min_teacher_prob or loss.kl_exclude_target: set them to 0 / false"
                 )
+        if self.save_total_limit < 0:
+            raise ConfigError(f"save_total_limit must be >= 0, got {self.save_total_limit}")
         if self.lora.r > 0 and (self.freeze.train or self.freeze.freeze):
             raise ConfigError("lora.r > 0 trains adapters only: leave freeze.* empty")

@@ -36,6 +36,7 @@ from transformers import TrainingArguments
 from factkeep.config import ConfigError, config_to_dict
 from factkeep.data.facts import Fact, read_facts, read_jsonl_objects
 from factkeep.data.prompt_completion import read_prompt_completion
+from factkeep.errors import FactkeepError
 from factkeep.methods.freezing import FreezeSpec, apply_freezing
 from factkeep.methods.teacher import Teacher
 from factkeep.methods.teacher_cache import TeacherCache
@@ -65,7 +66,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Options that do not change what a run computes (may differ when resuming).
-VOLATILE_OPTIONS = {"progress", "threads", "resume", "report_to"}
+VOLATILE_OPTIONS = {
+    "progress",
+    "threads",
+    "resume",
+    "report_to",
+    "save_total_limit",
+    "keep_checkpoints",
+}
 """Options that do not change what a run computes (ignored when comparing run configs)."""
 
 
@@ -263,9 +271,9 @@ def _training_args(cfg: TrainCommandConfig, phase: _Phase, out: Path) -> Trainin
         bf16=cfg.optim.mixed_precision == "bf16",
         fp16=cfg.optim.mixed_precision == "fp16",
         logging_steps=cfg.log_every_steps,
-        save_strategy="steps" if save_steps else "epoch",
+        save_strategy="no" if cfg.save_total_limit == 0 else "steps" if save_steps else "epoch",
         save_steps=save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=cfg.save_total_limit or None,
         seed=cfg.seed,
         report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
         disable_tqdm=not cfg.progress,
@@ -275,6 +283,18 @@ def _training_args(cfg: TrainCommandConfig, phase: _Phase, out: Path) -> Trainin
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available() and cfg.device != "cpu",
     )
+
+
+def _make_trainer(**kwargs: Any) -> FactTrainer:
+    """A :class:`FactTrainer`; what the Trainer refuses becomes a one-line factkeep error."""
+    try:
+        return FactTrainer(**kwargs)
+    except ValueError as exc:
+        reason = str(exc).split(". ")[0].strip()
+        hint = ""
+        if "quantized" in reason:
+            hint = "; train LoRA adapters (lora.r > 0) or load the model unquantized"
+        raise FactkeepError(f"the Trainer cannot fine-tune this model: {reason}{hint}") from exc
 
 
 class _Runner:
@@ -476,7 +496,7 @@ class _Runner:
             cache = self.teacher_cache(teacher, data, phase)
             if not any(t.needs_teacher for t in terms):
                 teacher = None  # training never runs it: free its memory
-        trainer = FactTrainer(
+        trainer = _make_trainer(
             model=self.model,
             args=args,
             train_dataset=data,
@@ -507,6 +527,8 @@ class _Runner:
         final = phase.name == self.result.phases[-1]
         if is_main_process():
             self.save_model(out / "model" if final else out / "phases" / phase.name / "model")
+            if not cfg.keep_checkpoints:  # only needed to resume the phase, which is now done
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             atomic_write_json(
                 done,
                 {
