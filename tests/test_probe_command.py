@@ -93,7 +93,8 @@ def test_probe_world_facts_end_to_end(files, tmp_path, capsys) -> None:
     assert summary["n_facts"] == 20
     assert sum(summary["totals"].values()) == 20
     assert summary["protocol"] == {
-        "n_prompts": 2, "k_exemplars": 4, "num_samples": 2, "temperature": 0.5, "top_k": 40
+        "n_prompts": 2, "k_exemplars": 4, "num_samples": 2, "temperature": 0.5, "top_k": 40,
+        "exemplar_sets": "per_fact",
     }  # fmt: skip
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["n_prompts"] == 2 and config["k_exemplars"] == 4  # resolved preset recorded
@@ -249,3 +250,15 @@ def test_ground_truth_table_for_world_facts():
     }
     assert "population" in format_category_table(counts, label="population")
     assert ground_truth_counts([Fact("x", "q?", ["a"], "r", "s")]) is None
+
+
+def test_fast_preset_reuses_prefixes_with_the_same_results(files, tmp_path) -> None:
+    runs = {}
+    for reuse in ("true", "false"):
+        out = tmp_path / f"fast-{reuse}"
+        args = ["preset=fast", "limit=24", "chunk_size=12", f"reuse_prefix={reuse}"]
+        assert _probe(files, out, *args) == 0
+        runs[reuse] = (out / "categories.jsonl").read_text()
+    assert runs["true"] == runs["false"]
+    summary = json.loads((tmp_path / "fast-true" / "summary.json").read_text())
+    assert summary["protocol"]["exemplar_sets"] == "per_relation"

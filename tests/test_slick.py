@@ -22,6 +22,7 @@ from factkeep.probing.slick import (
     ExemplarPool,
     ProbeProtocol,
     SharedPrefillModel,
+    build_prompt_parts,
     build_prompts,
     categorize,
     chunk_seed,
@@ -261,9 +262,9 @@ def test_probe_chunk_is_the_same_with_and_without_shared_prefill() -> None:
     facts = _pool_facts()[:4]
     pool = ExemplarPool(_pool_facts())
     protocol = ProbeProtocol(n_prompts=2, k_exemplars=2, num_samples=3)
-    prompts = [build_prompts(f, pool.sample(f, 2, 2, seed=0)) for f in facts]
+    parts = [build_prompt_parts(f, pool.sample(f, 2, 2, seed=0)) for f in facts]
     runs = [
-        probe_chunk(model, tok, facts, prompts, protocol, batch_size=6, seed=5, share_prefill=s)
+        probe_chunk(model, tok, facts, parts, protocol, batch_size=6, seed=5, share_prefill=s)
         for s in (True, False)
     ]
     assert [r.to_meta() for r in runs[0]] == [r.to_meta() for r in runs[1]]

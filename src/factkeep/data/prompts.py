@@ -23,12 +23,22 @@ def format_completion(answer: str) -> str:
     return f" {answer}"
 
 
+def few_shot_parts(
+    question: str,
+    exemplars: Sequence[tuple[str, str]],
+    template: str = DEFAULT_TEMPLATE,
+) -> tuple[str, str]:
+    """A few-shot prompt split into the exemplars (each block and its blank line) and the
+    question's own prompt; :func:`format_few_shot` is their concatenation."""
+    blocks = [format_prompt(q, template) + format_completion(a) + "\n\n" for q, a in exemplars]
+    return "".join(blocks), format_prompt(question, template)
+
+
 def format_few_shot(
     question: str,
     exemplars: Sequence[tuple[str, str]],
     template: str = DEFAULT_TEMPLATE,
 ) -> str:
     """A few-shot prompt: each ``(question, answer)`` exemplar, a blank line, then the question."""
-    blocks = [format_prompt(q, template) + format_completion(a) for q, a in exemplars]
-    blocks.append(format_prompt(question, template))
-    return "\n\n".join(blocks)
+    prefix, suffix = few_shot_parts(question, exemplars, template)
+    return prefix + suffix

@@ -130,6 +130,9 @@ def load_model(
 
 
 def _hub_kwargs(folder: str, gguf_file: str | None, trust_remote_code: bool) -> dict[str, Any]:
+    """``from_pretrained`` options: local folders offline, the GGUF file, remote code."""
+    if folder.startswith(("/", ".", "~")) and not Path(folder).expanduser().exists():
+        raise FactkeepError(f"cannot load model '{folder}': no such folder")
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if Path(folder).exists():
         kwargs["local_files_only"] = True
@@ -167,7 +170,7 @@ def load_model_and_tokenizer(
             folder, **_hub_kwargs(folder, gguf, trust_remote_code)
         )
     except (OSError, ValueError, ImportError) as exc:
-        raise FactkeepError(f"cannot load the tokenizer of '{name_or_path}': {exc}") from exc
+        raise FactkeepError(f"cannot load model '{name_or_path}' (tokenizer): {exc}") from exc
     model = load_model(name_or_path, dtype, resolve_device(device), gguf_file, trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

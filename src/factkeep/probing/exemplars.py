@@ -19,10 +19,10 @@ import random
 from collections.abc import Sequence
 
 from factkeep.data.facts import Fact
-from factkeep.data.prompts import DEFAULT_TEMPLATE, format_few_shot
+from factkeep.data.prompts import DEFAULT_TEMPLATE, few_shot_parts
 from factkeep.errors import DataError
 
-__all__ = ["ExemplarPool", "build_prompts", "stable_int"]
+__all__ = ["ExemplarPool", "build_prompt_parts", "build_prompts", "stable_int"]
 
 
 def _key(text: str) -> str:
@@ -130,12 +130,43 @@ class ExemplarPool:
             sets.append([items[i] for i in chosen])
         return sets
 
+    def fixed_sets(self, fact: Fact, k: int, n_prompts: int, seed: int) -> list[list[Fact]]:
+        """``n_prompts`` exemplar sets shared by the facts of a relation (one per prompt index).
+
+        Prompt ``i`` of relation ``r`` walks one fixed shuffle of ``r``'s pool, drawn from
+        ``(seed, r, i)``, and takes its first ``k`` entries that ``fact`` may use. So nearly every
+        fact of ``r`` gets the same set for prompt ``i`` (and the same few-shot prefix, whose
+        encoding can be reused); a fact that is one of those exemplars, or shares a subject or
+        question with one, gets the next eligible entry in its place.
+
+        Raises:
+            DataError: fewer than ``k`` eligible exemplars.
+        """
+        self.check([fact], k)
+        if k == 0:
+            return [[] for _ in range(n_prompts)]
+        items = self.by_relation[fact.relation]
+        excluded = self.excluded(fact)
+        sets = []
+        for index in range(n_prompts):
+            order = list(range(len(items)))
+            random.Random(stable_int("fixed-exemplars", seed, fact.relation, index)).shuffle(order)
+            sets.append([items[i] for i in order if i not in excluded][:k])
+        return sets
+
 
 def build_prompts(
     fact: Fact, exemplar_sets: Sequence[Sequence[Fact]], template: str = DEFAULT_TEMPLATE
 ) -> list[str]:
     """The few-shot prompts of ``fact``: one per exemplar set (canonical answers shown)."""
+    return [prefix + suffix for prefix, suffix in build_prompt_parts(fact, exemplar_sets, template)]
+
+
+def build_prompt_parts(
+    fact: Fact, exemplar_sets: Sequence[Sequence[Fact]], template: str = DEFAULT_TEMPLATE
+) -> list[tuple[str, str]]:
+    """The few-shot prompts of ``fact`` as ``(exemplar prefix, question suffix)`` pairs."""
     return [
-        format_few_shot(fact.question, [(ex.question, ex.answers[0]) for ex in exemplars], template)
+        few_shot_parts(fact.question, [(ex.question, ex.answers[0]) for ex in exemplars], template)
         for exemplars in exemplar_sets
     ]

@@ -42,7 +42,10 @@ __all__ = [
     "generate_answers",
     "greedy_and_sampled_answers",
     "greedy_answers",
+    "model_device",
     "newline_token_ids",
+    "rng_devices",
+    "stop_token_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,7 +142,7 @@ def _as_id_list(value: int | Sequence[int] | None) -> list[int]:
     return [int(v) for v in value]
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """EOS ids of the tokenizer and of the model's generation config, plus the newline ids."""
     ids = _as_id_list(tokenizer.eos_token_id)
     model_config = getattr(model, "generation_config", None)
@@ -180,14 +183,15 @@ def _generation_config(settings: GenerationSettings, stop_ids: list[int], pad_id
     )
 
 
-def _model_device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters."""
     device = getattr(model, "device", None)
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
 
 
-def _rng_devices(device: torch.device) -> tuple[list[int], str | None]:
+def rng_devices(device: torch.device) -> tuple[list[int], str | None]:
     """Arguments of ``torch.random.fork_rng`` that fork the CPU RNG and ``device``'s."""
     if device.type in ("cpu", "meta"):
         return [], None
@@ -242,7 +246,7 @@ def _run_batches(
     lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
     # Longest first, so that running out of memory shows at the first batch, not the last.
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    device = _model_device(model)
+    device = model_device(model)
     results: list[list[str]] = [[] for _ in prompts]
     logger.debug(
         "generating for %d prompts (longest %d tokens) in batches of %d on %s",
@@ -299,12 +303,12 @@ def generate_answers(
     """
     sampling = settings.temperature > 0
     per_prompt = settings.num_samples if sampling else 1
-    rng_devices, rng_type = _rng_devices(_model_device(model))
-    stop_ids = _stop_ids(model, tokenizer)
+    fork_devices, rng_type = rng_devices(model_device(model))
+    stop_ids = stop_token_ids(model, tokenizer)
 
     def step(batch_index: int, inputs: dict[str, torch.Tensor], pad_id: int) -> list[list[str]]:
         config = _generation_config(settings, stop_ids, pad_id)
-        with torch.random.fork_rng(devices=rng_devices, enabled=sampling, device_type=rng_type):
+        with torch.random.fork_rng(devices=fork_devices, enabled=sampling, device_type=rng_type):
             if sampling:
                 torch.manual_seed(settings.seed + batch_index)
             output = model.generate(**inputs, generation_config=config)
@@ -351,8 +355,8 @@ def greedy_and_sampled_answers(
     greedy_settings = GenerationSettings(
         max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size
     )
-    rng_devices, rng_type = _rng_devices(_model_device(model))
-    stop_ids = _stop_ids(model, tokenizer)
+    fork_devices, rng_type = rng_devices(model_device(model))
+    stop_ids = stop_token_ids(model, tokenizer)
 
     def step(batch_index: int, inputs: dict[str, torch.Tensor], pad_id: int) -> list[list[str]]:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -366,7 +370,7 @@ def greedy_and_sampled_answers(
         )
         config = _generation_config(settings, stop_ids, pad_id)
         config.num_return_sequences = 1
-        with torch.random.fork_rng(devices=rng_devices, device_type=rng_type):
+        with torch.random.fork_rng(devices=fork_devices, device_type=rng_type):
             torch.manual_seed(settings.seed + batch_index)
             sampled_out = model.generate(
                 input_ids=ids.repeat_interleave(n, dim=0),

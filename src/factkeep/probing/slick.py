@@ -28,6 +28,12 @@ and all its samples (:func:`~factkeep.probing.generation.greedy_and_sampled_answ
 answers as encoding it for each of them (greedy and ``num_return_sequences``), and the few-shot
 prompt, much longer than the answer, is paid once instead of ``1 + num_samples`` times.
 
+Fixed exemplar sets (``exemplar_sets="per_relation"``, preset ``fast``): prompt ``i`` of every
+fact of a relation shows the same exemplars (the fact itself, or one about its subject, replaced by
+the next eligible one; :meth:`ExemplarPool.fixed_sets`), so the prompts of a relation share their
+few-shot prefix and :func:`~factkeep.probing.prefix.shared_prefix_answers` encodes it once and
+each fact only its own question (``reuse_prefix``; the same answers as encoding whole prompts).
+
 Exemplar sampling lives in :mod:`factkeep.probing.exemplars` (re-exported here).
 
 Example::
@@ -39,6 +45,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,13 +55,19 @@ from tqdm.auto import tqdm
 from factkeep.config import ConfigError
 from factkeep.data.facts import HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
-from factkeep.probing.exemplars import ExemplarPool, build_prompts, stable_int
+from factkeep.probing.exemplars import (
+    ExemplarPool,
+    build_prompt_parts,
+    build_prompts,
+    stable_int,
+)
 from factkeep.probing.generation import (
     GenerationSettings,
     generate_answers,
     greedy_and_sampled_answers,
 )
 from factkeep.probing.prefill import SharedPrefillModel
+from factkeep.probing.prefix import PromptParts, shared_prefix_answers
 from factkeep.probing.scoring import exact_match
 
 __all__ = [
@@ -63,6 +76,7 @@ __all__ = [
     "FactProbe",
     "ProbeProtocol",
     "SharedPrefillModel",
+    "build_prompt_parts",
     "build_prompts",
     "categorize",
     "chunk_seed",
@@ -70,6 +84,10 @@ __all__ = [
     "probe_facts",
     "score_fact",
 ]
+
+
+EXEMPLAR_SETS = ("per_fact", "per_relation")
+"""How exemplar sets are drawn: for each fact, or fixed per relation and prompt index."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,10 @@ class ProbeProtocol:
         num_samples: sampled answers per prompt (0 = greedy only; then P_sample = 0).
         temperature: sampling temperature (0 makes the samples greedy copies).
         top_k: sample among the ``top_k`` most likely tokens (0 = no cut).
+        exemplar_sets: ``per_fact``: each fact draws its own exemplar sets
+            (:meth:`ExemplarPool.sample`); ``per_relation``: prompt ``i`` of every fact of a
+            relation uses the same set, the fact itself and its subject excluded
+            (:meth:`ExemplarPool.fixed_sets`), so the encoded exemplars can be reused across facts.
     """
 
     n_prompts: int = 10
@@ -89,8 +111,14 @@ class ProbeProtocol:
     num_samples: int = 16
     temperature: float = 0.5
     top_k: int = 40
+    exemplar_sets: str = "per_fact"
 
     def __post_init__(self) -> None:
+        if self.exemplar_sets not in EXEMPLAR_SETS:
+            raise ConfigError(
+                f"exemplar_sets must be one of {', '.join(EXEMPLAR_SETS)}, "
+                f"got {self.exemplar_sets!r}"
+            )
         if self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
         if self.k_exemplars < 0:
@@ -111,8 +139,10 @@ class ProbeProtocol:
 PRESETS: dict[str, ProbeProtocol] = {
     "original": ProbeProtocol(n_prompts=10, k_exemplars=4, num_samples=16),
     "cheap": ProbeProtocol(n_prompts=4, k_exemplars=4, num_samples=4),
+    "fast": ProbeProtocol(n_prompts=4, k_exemplars=4, num_samples=4, exemplar_sets="per_relation"),
 }
-"""Named protocols: ``original`` (170 generations per question) and ``cheap`` (20)."""
+"""Named protocols: ``original`` (170 generations per question), ``cheap`` (20) and ``fast``
+(``cheap``'s 20 with exemplar sets fixed per relation and prompt index, encoded once)."""
 
 
 def categorize(p_greedy: float, p_sample: float) -> str:
@@ -202,36 +232,42 @@ def probe_chunk(
     model: Any,
     tokenizer: Any,
     facts: Sequence[Fact],
-    prompts: Sequence[Sequence[str]],
+    prompts: Sequence[Sequence[PromptParts]],
     protocol: ProbeProtocol,
     batch_size: int = 64,
     max_new_tokens: int = 16,
     seed: int = 0,
     share_prefill: bool = True,
+    reuse_prefix: bool = True,
 ) -> list[FactProbe]:
     """Probe a chunk of facts: the greedy answers and the samples of all its prompts.
 
-    With ``share_prefill`` (and sampling), one call encodes each prompt once for its greedy answer
-    and all its samples (:func:`~factkeep.probing.generation.greedy_and_sampled_answers`);
-    otherwise two calls, greedy then sampled, each encoding every prompt. Both give the same
-    answers for the same batches.
+    With ``per_relation`` exemplar sets the prompts of a chunk share few prefixes:
+    :func:`~factkeep.probing.prefix.shared_prefix_answers` encodes each once (``reuse_prefix``)
+    and decodes greedy and sampled answers together. Otherwise, with ``share_prefill`` (and
+    sampling), one call encodes each prompt once for its greedy answer and all its samples
+    (:func:`~factkeep.probing.generation.greedy_and_sampled_answers`); without it, two calls,
+    greedy then sampled, each encoding every prompt. Both give the same answers.
 
     Args:
         model: a Hugging Face causal LM.
         tokenizer: its tokenizer.
         facts: the chunk's facts.
-        prompts: for each fact, its ``protocol.n_prompts`` few-shot prompts.
+        prompts: for each fact, its ``protocol.n_prompts`` few-shot prompts as
+            ``(exemplar prefix, question suffix)`` pairs.
         protocol: the probing protocol.
-        batch_size: sequences per ``generate`` call; sampling runs
-            ``max(1, batch_size // num_samples)`` prompts per call.
+        batch_size: prompts per forward pass (``per_relation``) or sequences per ``generate``
+            call (``per_fact``; sampling runs ``max(1, batch_size // num_samples)`` prompts).
         max_new_tokens: the most tokens per answer.
         seed: the sampling seed of this chunk (see :func:`chunk_seed`).
-        share_prefill: encode each prompt once for its greedy answer and all its samples.
+        share_prefill: ``per_fact``: encode each prompt once for its greedy answer and samples.
+        reuse_prefix: ``per_relation``: encode each shared prefix once (same answers, faster).
 
     Returns:
         One :class:`FactProbe` per fact, in order.
     """
-    flat = [p for per_fact in prompts for p in per_fact]
+    flat_parts = [p for per_fact in prompts for p in per_fact]
+    flat = [prefix + suffix for prefix, suffix in flat_parts]
     sampled: list[list[str]] = [[] for _ in flat]
     sample_settings = GenerationSettings(
         max_new_tokens=max_new_tokens,
@@ -241,7 +277,16 @@ def probe_chunk(
         num_samples=max(1, protocol.num_samples),
         seed=seed,
     )
-    if protocol.num_samples > 0 and share_prefill:
+    if protocol.exemplar_sets == "per_relation":
+        settings = dataclasses.replace(sample_settings, batch_size=batch_size)
+        if protocol.num_samples == 0:
+            settings = dataclasses.replace(settings, temperature=0.0)
+        greedy, sampled = shared_prefix_answers(
+            model, tokenizer, flat_parts, settings, reuse=reuse_prefix
+        )
+        if protocol.num_samples and protocol.temperature == 0:  # samples are greedy copies
+            sampled = [[g] * protocol.num_samples for g in greedy]
+    elif protocol.num_samples > 0 and share_prefill:
         greedy, sampled = greedy_and_sampled_answers(model, tokenizer, flat, sample_settings)
     else:
         greedy_settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -272,6 +317,7 @@ def probe_facts(
     start_chunk: int = 0,
     template: str = DEFAULT_TEMPLATE,
     share_prefill: bool = True,
+    reuse_prefix: bool = True,
     progress: bool = False,
     chunk_fn: Callable[..., list[FactProbe]] | None = None,
 ) -> Iterator[tuple[int, list[Fact], list[FactProbe]]]:
@@ -294,6 +340,7 @@ def probe_facts(
         start_chunk: the first chunk to probe.
         template: the QA prompt template.
         share_prefill: encode each prompt once for its greedy answer and all its samples.
+        reuse_prefix: with ``per_relation`` exemplar sets, encode each shared prefix once.
         progress: show a tqdm bar (unit: fact, so its rate is facts/s).
         chunk_fn: replaces :func:`probe_chunk` (tests, benchmarks).
 
@@ -311,11 +358,10 @@ def probe_facts(
     ) as bar:
         for index in range(start_chunk, n_chunks):
             chunk = list(facts[index * chunk_size : (index + 1) * chunk_size])
+            draw = pool.fixed_sets if protocol.exemplar_sets == "per_relation" else pool.sample
             prompts = [
-                build_prompts(
-                    fact,
-                    pool.sample(fact, protocol.k_exemplars, protocol.n_prompts, seed),
-                    template,
+                build_prompt_parts(
+                    fact, draw(fact, protocol.k_exemplars, protocol.n_prompts, seed), template
                 )
                 for fact in chunk
             ]
@@ -329,6 +375,7 @@ def probe_facts(
                 max_new_tokens=max_new_tokens,
                 seed=chunk_seed(seed, index),
                 share_prefill=share_prefill,
+                reuse_prefix=reuse_prefix,
             )
             bar.update(len(chunk))
             yield index, chunk, results

@@ -72,11 +72,12 @@ class ProbeCommandConfig(ModelOptions):
     )
     relations: list[str] = help_field([], "Probe only these relations (default: all).")
     limit: int = help_field(0, "Probe only the first N facts (after the relation filter; 0 = all).")
-    preset: Literal["original", "cheap"] = help_field(
+    preset: Literal["original", "cheap", "fast"] = help_field(
         "original",
         "original: 10 prompts x 4 exemplars, 1 greedy + 16 samples per prompt (170 generations); "
-        "cheap: 4 prompts x 4 exemplars, 1 greedy + 4 samples per prompt (20 generations). "
-        "Protocol options given explicitly override the preset.",
+        "cheap: 4 prompts x 4 exemplars, 1 greedy + 4 samples per prompt (20 generations); "
+        "fast: cheap with exemplar sets fixed per relation and prompt index (their encoding is "
+        "reused across facts). Protocol options given explicitly override the preset.",
     )
     n_prompts: int | None = help_field(None, "Few-shot prompts per question (N_ex; null: preset).")
     k_exemplars: int | None = help_field(None, "Exemplars per prompt (k; null: preset).")
@@ -85,12 +86,22 @@ class ProbeCommandConfig(ModelOptions):
     )
     temperature: float | None = help_field(None, "Sampling temperature (null: preset).")
     top_k: int | None = help_field(None, "Top-k of sampling (0 = no cut; null: preset).")
+    exemplar_sets: Literal["per_fact", "per_relation"] | None = help_field(
+        None,
+        "per_fact: each fact draws its own exemplars; per_relation: prompt i of every fact of a "
+        "relation shows the same exemplars (never the fact itself) (null: preset).",
+    )
     seed: int = help_field(0, "Seeds exemplar sampling (per fact) and answer sampling (per chunk).")
     batch_size: int = help_field(64, "Sequences per generate call (samples count each).")
     max_new_tokens: int = help_field(16, "The most tokens generated per answer.")
     chunk_size: int = help_field(64, "Facts per chunk: the unit of batching and of resuming.")
     share_prefill: bool = help_field(
         True, "Encode each prompt once for all its samples (same answers, faster)."
+    )
+    reuse_prefix: bool = help_field(
+        True,
+        "With per_relation exemplar sets, encode each shared exemplar prefix once and reuse its "
+        "key/value cache (same answers, faster).",
     )
     resume: bool = help_field(True, "Continue a partial run in out (false: start over).")
     progress: bool = help_field(True, "Show a progress bar (facts/s).")
@@ -337,6 +348,7 @@ def run_probe(cfg: ProbeCommandConfig) -> int:
         chunk_size=cfg.chunk_size,
         start_chunk=len(done_chunks),
         share_prefill=cfg.share_prefill,
+        reuse_prefix=cfg.reuse_prefix,
         progress=cfg.progress,
     )
     probed_now = 0
