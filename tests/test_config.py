@@ -153,3 +153,12 @@ def test_a_nested_section_with_its_own_default_reports_it() -> None:
     defaults = {o.key: o.default for o in iter_options(_TwoSections)}
     assert defaults == {"plain.size": 3, "small.size": 1}
     assert _TwoSections().small.size == 1
+
+
+def test_a_literal_spelled_like_a_yaml_bool_is_the_string() -> None:
+    from factkeep.training.config import TrainCommandConfig
+
+    cfg = resolve_config(TrainCommandConfig, None, ["model=m", "optim.mixed_precision=no"])
+    assert cfg.optim.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        resolve_config(TrainCommandConfig, None, ["model=m", "optim.mixed_precision=yes"])

@@ -109,6 +109,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and value not in allowed:  # YAML 1.1 reads no/yes/off as bools
+            spelled = [a for a in allowed if isinstance(a, str) and yaml.safe_load(a) is value]
+            value = spelled[0] if len(spelled) == 1 else value
         if value not in allowed:
             raise ConfigError(f"option '{key}': {value!r} is not one of {list(allowed)}")
         return value
