@@ -17,12 +17,13 @@ tokens straddle the boundary is encoded whole.
 
 Decoding is a small loop of its own rather than ``generate``: after the suffixes' forward pass, the
 last position's logits give each prompt's first greedy token *and* its ``n`` first sampled tokens
-(``generate`` would encode the last token ``1 + n`` times), then the ``B * (1 + n)`` rows decode
-together and every row that has emitted a stop token (EOS or any newline token, as in
-:mod:`factkeep.probing.generation`) leaves the batch (``Cache.batch_select_indices``), so the short
-answers of closed-book QA do not pay for the longest one. Sampling is temperature then top-k, as
-``generate`` does; the random stream is seeded per batch (``seed + batch index``) inside a forked
-RNG, so the caller's random state is untouched and the answers are reproducible.
+(``generate`` would encode the last token ``1 + n`` times). Then the ``1 + n`` answers of a prompt
+share one cache row and one forward pass for as long as they agree (a confident model's samples
+mostly repeat its greedy answer), and an answer that has emitted a stop token (EOS or any newline
+token, as in :mod:`factkeep.probing.generation`) leaves the batch (``Cache.batch_select_indices``),
+so the short answers of closed-book QA do not pay for the longest one. Sampling is temperature
+then top-k, as ``generate`` does; the random stream is seeded per batch (``seed + batch index``)
+inside a forked RNG, so the caller's random state is untouched and the answers are reproducible.
 
 Example::
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,16 +54,6 @@ PromptParts = tuple[str, str]
 
 SplitIds = tuple[tuple[int, ...], list[int]]
 """A prompt's token ids as ``(prefix ids, suffix ids)``."""
-
-
-@dataclass
-class _Rows:
-    """The decoding state of the rows still generating."""
-
-    index: torch.Tensor  # (R,) row ids into the result lists
-    greedy: torch.Tensor  # (R,) bool: greedy row (else sampled)
-    mask: torch.Tensor  # (R, L) attention mask over the cached positions
-    position: torch.Tensor  # (R,) position id of the last token fed
 
 
 def _split_ids(tokenizer: Any, parts: Sequence[PromptParts]) -> list[SplitIds]:
@@ -96,19 +86,6 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tenso
         kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(-1)
-
-
-def _forward(
-    model: Any, ids: torch.Tensor, rows: _Rows, positions: torch.Tensor, cache: Any
-) -> Any:
-    return model(
-        input_ids=ids,
-        attention_mask=rows.mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
 
 
 def _first_pass(
@@ -165,39 +142,51 @@ def _decode(
     stop_ids: torch.Tensor,
     n_samples: int,
 ) -> list[list[int]]:
-    """Decode ``1 + n_samples`` answers per row of ``logits``; returns the token lists in row
-    order (each prompt's greedy answer, then its samples), stop tokens included."""
+    """Decode ``1 + n_samples`` answers per row of ``logits`` (one row per prompt).
+
+    Every answer is a *row*; rows that have produced the same tokens so far (of the same prompt)
+    share one *node*: one row of the cache and one forward pass. A step picks each row's token
+    from its node's logits (greedy rows the argmax, the others a sample), drops the rows that
+    stopped, and makes one node per distinct (node, token) pair left. A confident model's answers
+    mostly agree, so most steps run far fewer nodes than rows.
+
+    Returns:
+        The token lists in row order (each prompt's greedy answer, then its samples), stop
+        tokens included.
+    """
     copies = 1 + n_samples
-    n_rows = logits.shape[0] * copies
     device = logits.device
-    cache.batch_repeat_interleave(copies)
-    logits = logits.repeat_interleave(copies, 0)
-    rows = _Rows(
-        index=torch.arange(n_rows, device=device),
-        greedy=torch.arange(n_rows, device=device) % copies == 0,
-        mask=mask.repeat_interleave(copies, 0),
-        position=last_position.repeat_interleave(copies, 0),
-    )
+    n_rows = logits.shape[0] * copies
+    vocab = logits.shape[-1]
+    rows = torch.arange(n_rows, device=device)  # the rows still generating
+    node = rows // copies  # (R,) each row's node; the nodes are the cache's rows
+    greedy = rows % copies == 0
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
     for step in range(settings.max_new_tokens):
-        chosen = logits.argmax(-1)
-        sampled = ~rows.greedy
+        row_logits = logits[node]  # (R, V)
+        chosen = row_logits.argmax(-1)
+        sampled = ~greedy
         if bool(sampled.any()):
-            chosen[sampled] = _sample(logits[sampled], settings.temperature, settings.top_k)
-        for row, token in zip(rows.index.tolist(), chosen.tolist(), strict=True):
+            chosen[sampled] = _sample(row_logits[sampled], settings.temperature, settings.top_k)
+        for row, token in zip(rows.tolist(), chosen.tolist(), strict=True):
             tokens[row].append(token)
         going = ~torch.isin(chosen, stop_ids)
         if step == settings.max_new_tokens - 1 or not bool(going.any()):
             break
-        if not bool(going.all()):
-            keep = going.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows = _Rows(rows.index[keep], rows.greedy[keep], rows.mask[keep], rows.position[keep])
-            chosen = chosen[keep]
-        ones = torch.ones((rows.mask.shape[0], 1), dtype=rows.mask.dtype, device=device)
-        rows.mask = torch.cat([rows.mask, ones], 1)
-        rows.position = rows.position + 1
-        out = _forward(model, chosen[:, None], rows, rows.position[:, None], cache)
+        rows, node, greedy, chosen = rows[going], node[going], greedy[going], chosen[going]
+        pairs, node = torch.unique(node * vocab + chosen, return_inverse=True)
+        parent, token = pairs // vocab, pairs % vocab
+        cache.batch_select_indices(parent)  # repeated parents duplicate their cache row
+        mask = torch.cat([mask[parent], torch.ones_like(mask[parent, :1])], 1)
+        last_position = last_position[parent] + 1
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=last_position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1, :].float()
     return tokens
 
