@@ -207,3 +207,24 @@ def test_uncategorised_input_is_refused(tmp_path, capsys) -> None:
     assert main(["split", f"categories={facts}", f"out={tmp_path / 'o'}"]) == 1
     assert "run 'factkeep probe' first" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_overall_unknown_fraction_uses_relations_short_of_known_facts() -> None:
+    """'rare' has 4 HighlyKnown facts: per relation it caps its share of the training set at what
+    a 50% Unknown share allows; overall, the fraction holds for the whole set and the relations
+    short of known facts give more Unknown ones."""
+    spec = dataclasses.replace(SPEC, min_known_fraction=0.0, n_held=20, n_dev=0)
+    per_relation = build_splits(_facts(), spec)
+    overall = build_splits(_facts(), dataclasses.replace(spec, unknown_fraction_scope="overall"))
+    for splits in (per_relation, overall):
+        n_unknown, n_known = len(splits.d_unknown), len(splits.d_known)
+        assert abs(n_unknown - n_known) <= 1  # 50% Unknown overall in both
+    assert len(overall.d_known) + len(overall.d_unknown) > len(per_relation.d_known) + len(
+        per_relation.d_unknown
+    )
+    rare = Counter(f.category for f in overall.d_known + overall.d_unknown if f.relation == "rare")
+    assert rare["Unknown"] > rare["HighlyKnown"]  # this relation's own share is not 50%
+    with pytest.raises(DataError, match="unknown_fraction_scope=overall allows"):
+        build_splits(_facts(), dataclasses.replace(spec, n_train=len(overall.d_known) * 2))
+    sizes = overall.report["sizes"]
+    assert sizes["d_unknown"]["rare"]["Unknown"] == rare["Unknown"]  # per-relation shares reported

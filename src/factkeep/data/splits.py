@@ -22,7 +22,10 @@ From facts with SLiCK categories (the output of ``factkeep probe``):
    the synthetic world has ~120 values per relation): a warning names relations that lose more than
    half their candidates; ``held_disjoint_answers=false`` keeps subject-disjointness only.
 7. **D_known / D_unknown**: ``n_train`` training facts (0 = as many as the candidates allow), a
-   fraction ``unknown_fraction`` of them Unknown, the same fraction in every relation.
+   fraction ``unknown_fraction`` of them Unknown: the same fraction in every relation, or, with
+   ``unknown_fraction_scope=overall``, over the whole training set, each relation giving the
+   HighlyKnown and Unknown facts it has (a real model often knows few facts of some relations,
+   and a per-relation fraction then limits the whole study to its scarcest relation).
 
 Stratification: every size (held, dev, train) is split over the kept relations in proportion to
 their number of facts (largest remainder), capped by what a relation has; what a capped relation
@@ -45,7 +48,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from factkeep.config import ConfigError, help_field
 from factkeep.data.facts import CATEGORIES, HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, Fact
@@ -68,7 +71,13 @@ class SplitSpec:
         0, "Training facts, D_known + D_unknown (0 = as many as the candidates allow)."
     )
     unknown_fraction: float = help_field(
-        0.5, "Fraction of the training facts that are Unknown (in every relation)."
+        0.5, "Fraction of the training facts that are Unknown (see unknown_fraction_scope)."
+    )
+    unknown_fraction_scope: Literal["relation", "overall"] = help_field(
+        "relation",
+        "relation: the same Unknown fraction in every relation; overall: the fraction holds for "
+        "the whole training set and each relation gives what its candidates allow (the "
+        "per-relation shares are reported), for models that know few facts of some relations.",
     )
     n_held: int = help_field(500, "D_held size: HighlyKnown facts never trained on.")
     n_dev: int = help_field(200, "Dev set size (held out like D_held; for early stopping).")
@@ -208,6 +217,59 @@ def _too_few(
         f"({detail}){hint}",
         source,
     )
+
+
+def _draw_training(
+    known_cand: dict[str, list[Fact]],
+    unknown_cand: dict[str, list[Fact]],
+    weights: Mapping[str, float],
+    spec: SplitSpec,
+    source: str | None,
+) -> tuple[list[Fact], list[Fact]]:
+    """D_known and D_unknown from each relation's (shuffled) candidates.
+
+    ``unknown_fraction_scope="relation"``: ``n_train`` split over the relations in proportion to
+    ``weights``, each relation's share ``unknown_fraction`` Unknown. ``"overall"``: the Unknown and
+    HighlyKnown parts of ``n_train`` are each split over the relations in proportion to
+    ``weights``, capped by each relation's candidates of that category.
+    """
+    f = spec.unknown_fraction
+    kept = list(known_cand)
+    n_known = {rel: len(known_cand[rel]) for rel in kept}
+    n_unknown = {rel: len(unknown_cand[rel]) for rel in kept}
+    if spec.unknown_fraction_scope == "overall":
+        capacity = _train_capacity(sum(n_known.values()), sum(n_unknown.values()), f)
+    else:
+        caps = {rel: _train_capacity(n_known[rel], n_unknown[rel], f) for rel in kept}
+        capacity = sum(caps.values())
+    n_train = spec.n_train or capacity
+    if n_train > capacity or n_train == 0:
+        detail = ", ".join(
+            f"{rel}: {n_known[rel]} HighlyKnown + {n_unknown[rel]} Unknown" for rel in kept
+        )
+        hint = ""
+        if spec.unknown_fraction_scope == "relation":
+            overall = _train_capacity(sum(n_known.values()), sum(n_unknown.values()), f)
+            if overall > capacity:
+                hint = f"; unknown_fraction_scope=overall allows {overall}"
+        raise DataError(
+            f"n_train={spec.n_train or 'max'} is impossible: with unknown_fraction={f} "
+            f"(per {spec.unknown_fraction_scope}) at most {capacity} training facts can be drawn "
+            f"from the candidates left after D_held/dev and disjointness ({detail}){hint}",
+            source,
+        )
+    if spec.unknown_fraction_scope == "overall":
+        total_unknown, total_known = _train_parts(n_train, f)
+        take_unknown = allocate(total_unknown, weights, n_unknown)
+        take_known = allocate(total_known, weights, n_known)
+    else:
+        train_n = allocate(n_train, weights, caps)
+        parts = {rel: _train_parts(train_n[rel], f) for rel in kept}
+        take_unknown = {rel: parts[rel][0] for rel in kept}
+        take_known = {rel: parts[rel][1] for rel in kept}
+    d_known = [fact for rel in kept for fact in known_cand[rel][: take_known[rel]]]
+    d_unknown = [fact for rel in kept for fact in unknown_cand[rel][: take_unknown[rel]]]
+    return d_known, d_unknown
 
 
 def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = None) -> Splits:
@@ -353,27 +415,7 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
                 stats["candidates"],
             )
 
-    f = spec.unknown_fraction
-    caps = {rel: _train_capacity(len(known_cand[rel]), len(unknown_cand[rel]), f) for rel in kept}
-    n_train = spec.n_train or sum(caps.values())
-    if n_train > sum(caps.values()) or n_train == 0:
-        detail = ", ".join(
-            f"{rel}: {len(known_cand[rel])} HighlyKnown + {len(unknown_cand[rel])} Unknown"
-            for rel in kept
-        )
-        raise DataError(
-            f"n_train={spec.n_train or 'max'} is impossible: with unknown_fraction={f} at most "
-            f"{sum(caps.values())} training facts can be drawn from the candidates left after "
-            f"D_held/dev and disjointness ({detail})",
-            source,
-        )
-    train_n = allocate(n_train, {rel: weights[rel] for rel in kept}, caps)
-    d_known: list[Fact] = []
-    d_unknown: list[Fact] = []
-    for rel in kept:
-        n_unknown, n_known = _train_parts(train_n[rel], f)
-        d_known += known_cand[rel][:n_known]
-        d_unknown += unknown_cand[rel][:n_unknown]
+    d_known, d_unknown = _draw_training(known_cand, unknown_cand, weights, spec, source)
 
     def ordered(items: list[Fact]) -> list[Fact]:
         return sorted(items, key=lambda fact: order[fact.id])

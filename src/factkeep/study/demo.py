@@ -1,10 +1,13 @@
-"""``factkeep demo``: the whole study on the synthetic world with a tiny model, on a laptop CPU.
+"""``factkeep demo``: the whole study on the synthetic world, or on a real LM (``preset=real``).
 
 Stages (each cached in ``out``, so a second run only redoes what changed):
 
-1. ``world``: build the world (:func:`laptop_world` by default) and pretrain its model
-   (``out/world``);
-2. ``probe``: SLiCK categories of the world's facts (``out/probe``; cheap preset, every fact unless
+1. ``source``: the model and its facts. On the synthetic world (``source=world``), build the world
+   (:func:`laptop_world` by default) and pretrain its model (``out/world``); on EntityQuestions
+   (``source=entityquestions``, ``preset=real``), write the facts of ``relations`` (a seeded
+   sample of ``per_relation`` each) and their dev split as few-shot exemplars (``out/data``), for
+   the pretrained ``real_model`` (a catalog name such as ``smollm2-135m``, a folder or a hub id);
+2. ``probe``: SLiCK categories of the facts (``out/probe``; ``probe_preset``, every fact unless
    ``probe_facts`` asks for a seeded random subset);
 3. ``split``: D_known / D_unknown / D_held / dev (``out/split``);
 4. ``train``: each method of ``methods`` with its shipped config and the demo's ``epochs`` and
@@ -13,13 +16,15 @@ Stages (each cached in ``out``, so a second run only redoes what changed):
 5. ``report``: ``out/report.html`` (self-contained, plots embedded) and ``out/report.md``;
 
 and the comparison table (method x accuracy on D_known / D_unknown / D_held, forgetting) is printed
-and saved as ``out/summary.md``. ``preset=paper`` is the paper's protocol on a larger world.
+and saved as ``out/summary.md``. ``preset=paper`` is the paper's protocol on a larger world;
+``preset=real`` the study on SmolLM2-135M and EntityQuestions (``make models`` first).
 
 Example::
 
     factkeep demo                                  # output in runs/demo
     factkeep demo methods=[sft,self_distill]       # fewer methods
     factkeep demo epochs=20 lr=1e-4 seeds=[0,1,2]  # the shipped configs' schedule, 3 seeds
+    factkeep demo preset=real out=runs/demo-real   # SmolLM2-135M on EntityQuestions
 """
 
 from __future__ import annotations
@@ -36,14 +41,16 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from factkeep.config import ConfigError, help_field, nested, resolve_config
 from factkeep.configs import resolve_config_path
 from factkeep.data.facts import read_facts, write_facts
 from factkeep.data.world import WorldSpec
+from factkeep.errors import FactkeepError
 from factkeep.models.tiny import TinyModelConfig
 from factkeep.rundir import atomic_write_json, atomic_write_text
+from factkeep.study.data import EntityQuestionsCommandConfig, run_entityquestions
 from factkeep.study.probe import ProbeCommandConfig, run_probe
 from factkeep.study.split import SplitCommandConfig, run_split
 from factkeep.study.world import WorldCommandConfig, run_world
@@ -93,6 +100,47 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "seeds": [0, 1, 2],
     },
+    # A pretrained LM on EntityQuestions. Sized for seed 0 in about an hour on 2 CPU cores
+    # with D_held and D_unknown of 300 facts each: SmolLM2-135M knows about a quarter of these
+    # relations' facts (24% HighlyKnown in a 600-fact probe), so 4 x 500 probed facts leave
+    # ~480 HighlyKnown ones for D_held (300), dev (30) and D_known (100). The Unknown share holds
+    # over the whole training set (a relation short of known facts gives more Unknown ones).
+    # Schedule: 6 epochs at 3e-5, batch 16, in bf16 autocast (1.66x faster on a bf16-capable
+    # CPU, same accuracy: docs/real-models.md); SFT learned 93% of 300 new facts with it in
+    # float32.
+    "real": {
+        "source": "entityquestions",
+        "real_model": "smollm2-135m",
+        "relations": ["P17", "P36", "P176", "P495"],
+        "per_relation": 500,
+        # These relations are 10-57% HighlyKnown for SmolLM2-135M, 29-68% Known (HighlyKnown +
+        # MaybeKnown): the usual 30% threshold would drop P36 and P176.
+        "min_known_fraction": 0.2,
+        "probe_preset": "fast",
+        "probe_batch_size": 64,
+        "probe_max_new_tokens": 16,
+        "n_train": 400,
+        "unknown_fraction": 0.75,
+        "unknown_fraction_scope": "overall",
+        "n_held": 300,
+        "n_dev": 60,
+        "epochs": 6.0,
+        "lr": 3e-5,
+        "eval_every_epochs": 3,
+        "methods": [
+            "sft",
+            "known_only",
+            "self_distill",
+            "self_distill_nontarget",
+            "freeze_ffn_only",
+            "freeze_attention_only",
+        ],
+        "train_overrides": [
+            "optim.batch_size=16",
+            "optim.mixed_precision=bf16",
+            "eval.batch_size=64",
+        ],
+    },
 }
 
 
@@ -103,8 +151,33 @@ class DemoConfig:
     out: str = help_field("runs/demo", "Output folder of the whole study.")
     preset: str = help_field(
         "laptop",
-        "laptop (the default study, minutes on a CPU) or paper (the original probe protocol, "
-        "larger splits, every method and control, 3 seeds; options you set yourself win).",
+        "laptop (the default study, minutes on a CPU), paper (the original probe protocol, "
+        "larger splits, every method and control, 3 seeds) or real (SmolLM2-135M on "
+        "EntityQuestions, about an hour on a CPU; 'make models' first). Options you set "
+        "yourself win over the preset's.",
+    )
+    source: Literal["world", "entityquestions"] = help_field(
+        "world",
+        "world: the synthetic world and its tiny model; entityquestions: real_model on "
+        "EntityQuestions facts.",
+    )
+    real_model: str = help_field(
+        "smollm2-135m",
+        "source=entityquestions: the pretrained model (catalog name, folder or hub id).",
+    )
+    relations: list[str] = help_field(
+        ["P17", "P36", "P176", "P495"], "source=entityquestions: the relations studied."
+    )
+    per_relation: int = help_field(
+        500, "source=entityquestions: facts probed per relation (a seeded sample)."
+    )
+    eq_root: str | None = help_field(
+        None,
+        "source=entityquestions: a local copy of EntityQuestions (default: found as "
+        "'factkeep data entityquestions' finds it).",
+    )
+    eq_download: bool = help_field(
+        False, "source=entityquestions: download and verify EntityQuestions if no copy is found."
     )
     world: WorldSpec = nested(WorldSpec, "The generated knowledge base.", factory=laptop_world)
     model: TinyModelConfig = nested(TinyModelConfig, "Shape of the tiny model.")
@@ -114,7 +187,16 @@ class DemoConfig:
     probe_facts: int = help_field(
         0, "Probe a seeded random subset of this many world facts (0 = all of them)."
     )
-    n_train: int = help_field(500, "Training facts (half Unknown).")
+    probe_batch_size: int = help_field(256, "Prompts per forward pass of the probe.")
+    probe_max_new_tokens: int = help_field(4, "The most tokens of a probe answer.")
+    n_train: int = help_field(500, "Training facts (unknown_fraction of them Unknown).")
+    unknown_fraction: float = help_field(0.5, "Fraction of the training facts that are Unknown.")
+    unknown_fraction_scope: Literal["relation", "overall"] = help_field(
+        "relation", "The Unknown fraction holds per relation or over the whole training set."
+    )
+    min_known_fraction: float = help_field(
+        0.3, "Keep relations where at least this fraction of the facts is Known."
+    )
     n_held: int = help_field(500, "D_held size.")
     n_dev: int = help_field(100, "Dev set size.")
     epochs: float = help_field(
@@ -302,22 +384,30 @@ def _train_in_workers(
             raise
 
 
-def run_demo(cfg: DemoConfig) -> int:
-    """Run ``factkeep demo``: returns the exit code."""
-    from factkeep.eval.report import build_report, load_run
-    from factkeep.training.run import check_resumable
+@dataclass
+class Source:
+    """What the study is run on: a model and its facts (stage 1's output)."""
 
-    cfg = apply_preset(cfg)
-    t0 = time.time()
-    timing: dict[str, float] = {}
-    mark = time.time()
+    model: str
+    model_key: str  # what the model's results depend on (its cache key or its name)
+    facts: Path
+    exemplars: Path | None  # few-shot exemplars of the probe (None: the facts themselves)
 
-    def lap(stage: str) -> None:
-        nonlocal mark
-        timing[stage] = round(time.time() - mark, 1)
-        mark = time.time()
 
-    out = Path(cfg.out)
+class _Laps:
+    """Wall time per stage."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.time()
+        self.timing: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        self.timing[stage] = round(time.time() - self.mark, 1)
+        self.mark = time.time()
+
+
+def world_source(cfg: DemoConfig, out: Path) -> Source:
+    """Stage 1 on the synthetic world: build it and pretrain its model (cached)."""
     world_dir = out / "world"
     print(f"[demo] 1/5 synthetic world and its pretrained model -> {world_dir}")
     world_cfg = WorldCommandConfig(
@@ -328,78 +418,128 @@ def run_demo(cfg: DemoConfig) -> int:
         force=cfg.force,
         threads=cfg.threads,
     )
-    code = run_world(world_cfg)
-    if code:
-        return code
-    lap("world")
+    if run_world(world_cfg):
+        raise FactkeepError("the world stage failed")
     model_dir = world_dir / "model"
     model_key = json.loads((model_dir / "factkeep_world.json").read_text())["cache_key"]
+    return Source(str(model_dir), model_key, world_dir / "facts.jsonl", None)
 
-    probe_dir = out / "probe"
-    probe_key = _key([model_key, cfg.probe_preset, cfg.probe_facts, cfg.seed])
-    print(f"\n[demo] 2/5 probing what the model knows ({cfg.probe_preset} preset) -> {probe_dir}")
-    if _cached(probe_dir, probe_key, "categories.jsonl"):
-        print("[demo] reusing the probe results (same model and protocol)")
+
+def entityquestions_source(cfg: DemoConfig, out: Path) -> Source:
+    """Stage 1 on EntityQuestions: the facts of ``cfg.relations`` and their dev exemplars."""
+    data_dir = out / "data"
+    print(f"[demo] 1/5 EntityQuestions facts for {cfg.real_model} -> {data_dir}")
+    facts, exemplars = data_dir / "facts.jsonl", data_dir / "dev.jsonl"
+    key = _key([cfg.relations, cfg.per_relation, cfg.seed])
+    if _cached(data_dir, key, "facts.jsonl"):
+        print("[demo] reusing the facts (same relations and sample)")
     else:
-        facts_file = probe_subset(
-            world_dir / "facts.jsonl", cfg.probe_facts, cfg.seed, out / "probe_facts.jsonl"
+        data_cfg = EntityQuestionsCommandConfig(
+            out=str(facts),
+            root=cfg.eq_root,
+            download=cfg.eq_download,
+            relations=list(cfg.relations),
+            per_relation=cfg.per_relation,
+            seed=cfg.seed,
+            exemplars_out=str(exemplars),
         )
-        if facts_file != world_dir / "facts.jsonl":
-            print(f"[demo] probing a random subset of {cfg.probe_facts} facts ({facts_file})")
-        probe_cfg = ProbeCommandConfig(
-            model=str(model_dir),
-            facts=str(facts_file),
-            out=str(probe_dir),
-            preset=cfg.probe_preset,  # type: ignore[arg-type]
-            batch_size=256,
-            max_new_tokens=4,
-            threads=cfg.threads,
-        )
-        code = run_probe(probe_cfg)
-        if code:
-            return code
-        _mark(probe_dir, probe_key)
+        if run_entityquestions(data_cfg):
+            raise FactkeepError("the data stage failed")
+        _mark(data_dir, key)
+    return Source(cfg.real_model, _key(["model", cfg.real_model]), facts, exemplars)
 
-    lap("probe")
-    split_dir = out / "split"
+
+def probe_stage(cfg: DemoConfig, out: Path, source: Source) -> Path:
+    """Stage 2: the SLiCK categories of the source's facts (cached); returns categories.jsonl."""
+    probe_dir = out / "probe"
+    key = _key([source.model_key, cfg.probe_preset, cfg.probe_facts, cfg.seed])
+    if cfg.source != "world":  # keys of world demos made before these options stay valid
+        key = _key([key, str(source.facts), cfg.probe_batch_size, cfg.probe_max_new_tokens])
+    print(f"\n[demo] 2/5 probing what the model knows ({cfg.probe_preset} preset) -> {probe_dir}")
+    if _cached(probe_dir, key, "categories.jsonl"):
+        print("[demo] reusing the probe results (same model and protocol)")
+        return probe_dir / "categories.jsonl"
+    facts_file = probe_subset(source.facts, cfg.probe_facts, cfg.seed, out / "probe_facts.jsonl")
+    if facts_file != source.facts:
+        print(f"[demo] probing a random subset of {cfg.probe_facts} facts ({facts_file})")
+    probe_cfg = ProbeCommandConfig(
+        model=source.model,
+        facts=str(facts_file),
+        exemplars=str(source.exemplars) if source.exemplars else None,
+        out=str(probe_dir),
+        preset=cfg.probe_preset,  # type: ignore[arg-type]
+        batch_size=cfg.probe_batch_size,
+        max_new_tokens=cfg.probe_max_new_tokens,
+        threads=cfg.threads,
+    )
+    if run_probe(probe_cfg):
+        raise FactkeepError("the probe stage failed")
+    _mark(probe_dir, key)
+    return probe_dir / "categories.jsonl"
+
+
+def split_stage(cfg: DemoConfig, out: Path, categories: Path) -> SplitCommandConfig:
+    """Stage 3: the splits (always redrawn: it takes a moment); returns their config."""
     split_cfg = SplitCommandConfig(
-        categories=str(probe_dir / "categories.jsonl"),
-        out=str(split_dir),
+        categories=str(categories),
+        out=str(out / "split"),
         n_train=cfg.n_train,
+        unknown_fraction=cfg.unknown_fraction,
+        unknown_fraction_scope=cfg.unknown_fraction_scope,
+        min_known_fraction=cfg.min_known_fraction,
         n_held=cfg.n_held,
         n_dev=cfg.n_dev,
         held_disjoint_answers=False,
         seed=cfg.seed,
     )
-    print(f"\n[demo] 3/5 splits -> {split_dir}")
-    code = run_split(split_cfg)
-    if code:
-        return code
+    print(f"\n[demo] 3/5 splits -> {split_cfg.out}")
+    if run_split(split_cfg):
+        raise FactkeepError("the split stage failed")
+    return split_cfg
 
-    lap("split")
-    results: dict[str, dict[str, Any]] = {}
+
+def _train_configs(
+    cfg: DemoConfig, out: Path, source: Source, split_cfg: SplitCommandConfig
+) -> list[tuple[str, TrainCommandConfig]]:
+    """Every run of the study: (run name, resolved config), method by method, seed by seed."""
     seeds = cfg.seeds or [cfg.seed]
-    names = [(m, s, m if len(seeds) == 1 else f"{m}_s{s}") for m in cfg.methods for s in seeds]
+    runs = []
+    for method in cfg.methods:
+        for seed in seeds:
+            name = method if len(seeds) == 1 else f"{method}_s{seed}"
+            train_cfg = resolve_config(
+                TrainCommandConfig,
+                resolve_config_path(method),
+                [
+                    f"model={source.model}",
+                    f"data.splits={split_cfg.out}",
+                    f"out={out / 'runs' / name}",
+                    f"seed={seed}",
+                    f"threads={cfg.threads}",
+                    f"optim.epochs={cfg.epochs}",
+                    f"optim.lr={cfg.lr}",
+                    f"eval.every_epochs={cfg.eval_every_epochs}",
+                    "progress=false",
+                    *cfg.train_overrides,
+                ],
+            )
+            runs.append((name, train_cfg))
+    return runs
+
+
+def train_stage(
+    cfg: DemoConfig, out: Path, source: Source, split_cfg: SplitCommandConfig
+) -> dict[str, dict[str, Any]]:
+    """Stage 4: train every run not cached yet; returns each run's summary, in run order."""
+    from factkeep.models.loading import resolve_device
+    from factkeep.training.run import check_resumable
+
+    runs = _train_configs(cfg, out, source, split_cfg)
+    results: dict[str, dict[str, Any]] = {}
     pending: list[Job] = []
-    for i, (method, seed, name) in enumerate(names, 1):
-        run_dir = out / "runs" / name
-        train_cfg = resolve_config(
-            TrainCommandConfig,
-            resolve_config_path(method),
-            [
-                f"model={model_dir}",
-                f"data.splits={split_dir}",
-                f"out={run_dir}",
-                f"seed={seed}",
-                f"threads={cfg.threads}",
-                f"optim.epochs={cfg.epochs}",
-                f"optim.lr={cfg.lr}",
-                f"eval.every_epochs={cfg.eval_every_epochs}",
-                "progress=false",
-                *cfg.train_overrides,
-            ],
-        )
-        key = _run_key(model_key, split_cfg, train_cfg)
+    for i, (name, train_cfg) in enumerate(runs, 1):
+        run_dir = Path(train_cfg.out)
+        key = _run_key(source.model_key, split_cfg, train_cfg)
         if _cached(run_dir, key, "results.json"):
             print(f"[demo] reusing {run_dir} (same model, splits and config)")
             results[name] = json.loads((run_dir / "results.json").read_text())
@@ -409,8 +549,6 @@ def run_demo(cfg: DemoConfig) -> int:
         except ConfigError:  # an older demo run with other settings: start it over
             train_cfg.resume = False
         pending.append((i, name, train_cfg, key))
-
-    from factkeep.models.loading import resolve_device
 
     on_gpu = any(resolve_device(job[2].device).type != "cpu" for job in pending)
     processes, threads = worker_plan(cfg.jobs, cfg.threads, len(pending), on_gpu=on_gpu)
@@ -422,7 +560,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
     def started(i: int, name: str, train_cfg: TrainCommandConfig) -> None:
         where = f"{train_cfg.out}" + (f" (log: {WORKER_LOG})" if processes > 1 else "")
-        print(f"\n[demo] 4/5 training {i}/{len(names)}: {name} -> {where}", flush=True)
+        print(f"\n[demo] 4/5 training {i}/{len(runs)}: {name} -> {where}", flush=True)
 
     def finished(
         name: str, train_cfg: TrainCommandConfig, key: str, summary: dict[str, Any]
@@ -441,20 +579,45 @@ def run_demo(cfg: DemoConfig) -> int:
             finished(name, train_cfg, key, _train_job(train_cfg))
     else:
         _train_in_workers(pending, processes, started, finished)
-    results = {name: results[name] for _, _, name in names}
+    return {name: results[name] for name, _ in runs}
 
-    lap("train")
+
+def report_stage(cfg: DemoConfig, out: Path, results: dict[str, dict[str, Any]]) -> str:
+    """Stage 5: the report and the comparison table (returned, and saved as summary.md)."""
+    from factkeep.eval.report import build_report, load_run
+
     table = comparison_table(results)
     atomic_write_text(out / "summary.md", table + "\n")
     report = out / "report.html"
     print(f"\n[demo] 5/5 report -> {report}")
-    runs = [load_run(out / "runs" / name) for _, _, name in names]
-    build_report(runs, report, title="factkeep demo: learning new facts vs forgetting known ones")
-    lap("report")
-    timing["total"] = round(time.time() - t0, 1)
+    title = "factkeep demo: learning new facts vs forgetting known ones"
+    if cfg.source != "world":
+        title += f" ({cfg.real_model} on EntityQuestions)"
+    build_report([load_run(out / "runs" / name) for name in results], report, title=title)
+    return table
+
+
+def run_demo(cfg: DemoConfig) -> int:
+    """Run ``factkeep demo``: returns the exit code."""
+    cfg = apply_preset(cfg)
+    out = Path(cfg.out)
+    laps = _Laps()
+    on_world = cfg.source == "world"
+    source = world_source(cfg, out) if on_world else entityquestions_source(cfg, out)
+    laps.lap("world" if on_world else "data")
+    categories = probe_stage(cfg, out, source)
+    laps.lap("probe")
+    split_cfg = split_stage(cfg, out, categories)
+    laps.lap("split")
+    results = train_stage(cfg, out, source, split_cfg)
+    laps.lap("train")
+    table = report_stage(cfg, out, results)
+    laps.lap("report")
+    timing = {**laps.timing, "total": round(time.time() - laps.start, 1)}
     atomic_write_json(out / "timing.json", timing)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in timing.items() if k != "total")
     print(f"\n[demo] done in {timing['total']:.0f} s ({stages}). Final accuracy and forgetting:\n")
     print(table)
+    report = out / "report.html"
     print(f"\nReport: {report} (and {report.with_suffix('.md')}); runs in {out / 'runs'}")
     return 0

@@ -56,7 +56,12 @@ class OptimConfig:
     warmup_ratio: float = help_field(0.0, "Fraction of each phase's steps spent warming up.")
     scheduler: str = help_field("constant", "Learning-rate schedule (a Trainer lr_scheduler_type).")
     grad_clip: float = help_field(1.0, "Gradient-norm clipping (0 = off).")
-    mixed_precision: Literal["no", "bf16", "fp16"] = help_field("no", "Mixed precision (GPU).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = help_field(
+        "no",
+        "Mixed precision (autocast; float32 weights): bf16 also runs on CPUs with bf16 "
+        "instructions (1.66x faster SFT of SmolLM2-135M on an AVX512-BF16 CPU, same accuracy: "
+        "docs/real-models.md); fp16 needs a GPU.",
+    )
 
 
 @dataclass
