@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from factkeep.data.facts import Fact
-from factkeep.models.tiny import TinyModelConfig, build_tiny_model
-from factkeep.models.tokenizer import build_word_tokenizer
 from factkeep.probing.exemplars import ExemplarPool, build_prompt_parts
 from factkeep.probing.generation import GenerationSettings, generate_answers
 from factkeep.probing.prefix import shared_prefix_answers
 from factkeep.probing.slick import PRESETS, ProbeProtocol, probe_chunk
+from tiny_models import random_tiny_model
 
 FAMILIES = ["llama", "gpt2", "qwen2", "gpt_neox"]
 
@@ -27,17 +26,8 @@ def _facts() -> list[Fact]:
 
 
 def _model(family: str) -> tuple[object, object]:
-    """A tiny model with large random weights: its answers react to any change of the input."""
-    facts = _facts()
-    tok = build_word_tokenizer(f"Q: {f.question}\nA: {f.answers[0]}\n" for f in facts)
-    shape = TinyModelConfig(family=family, hidden_size=32, num_layers=2, num_heads=2)
-    model = build_tiny_model(shape, tok, seed=0).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.5, generator=generator)
-    return model, tok
+    texts = (f"Q: {f.question}\nA: {f.answers[0]}\n" for f in _facts())
+    return random_tiny_model(family, texts)
 
 
 def _parts(k: int = 3, n_prompts: int = 2) -> list[tuple[str, str]]:

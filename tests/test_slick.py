@@ -31,6 +31,7 @@ from factkeep.probing.slick import (
     score_fact,
 )
 from factkeep.study.probe import ProbeCommandConfig, resolve_protocol
+from tiny_models import random_tiny_model
 
 
 @pytest.mark.parametrize(
@@ -207,14 +208,7 @@ def _random_model_and_prompts(family: str) -> tuple[object, object, list[str]]:
     """A tiny model with large random weights (answers react to any change of the inputs) and
     few-shot prompts of several lengths (left padding in a batch)."""
     facts = _pool_facts()
-    tok = build_word_tokenizer(f"Q: {f.question}\nA: {f.answers[0]}" for f in facts)
-    shape = TinyModelConfig(family=family, hidden_size=32, num_layers=2, num_heads=2)
-    model = build_tiny_model(shape, tok, seed=0).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.5, generator=generator)
+    model, tok = random_tiny_model(family, (f"Q: {f.question}\nA: {f.answers[0]}" for f in facts))
     pool = ExemplarPool(facts)
     prompts = [p for f in facts[:3] for p in build_prompts(f, pool.sample(f, 2, 2, seed=0))]
     prompts += [f"Q: {f.question}\nA:" for f in facts[:3]]

@@ -62,6 +62,7 @@ class ExemplarPool:
                 idx["subject"].setdefault(_key(fact.subject), []).append(i)
                 idx["question"].setdefault(_key(fact.question), []).append(i)
             self._index[rel] = idx
+        self._orders: dict[tuple[str, int, int], list[int]] = {}  # fixed_sets' shuffles
 
     def size(self, relation: str) -> int:
         """How many exemplars the pool has for ``relation``."""
@@ -116,11 +117,9 @@ class ExemplarPool:
         Raises:
             DataError: fewer than ``k`` eligible exemplars.
         """
-        self.check([fact], k)
+        items, excluded = self._candidates(fact, k)
         if k == 0:
             return [[] for _ in range(n_prompts)]
-        items = self.by_relation[fact.relation]
-        excluded = self.excluded(fact)
         rng = random.Random(stable_int("exemplars", seed, fact.id))
         sets = []
         for _ in range(n_prompts):
@@ -142,17 +141,24 @@ class ExemplarPool:
         Raises:
             DataError: fewer than ``k`` eligible exemplars.
         """
-        self.check([fact], k)
+        items, excluded = self._candidates(fact, k)
         if k == 0:
             return [[] for _ in range(n_prompts)]
-        items = self.by_relation[fact.relation]
-        excluded = self.excluded(fact)
         sets = []
         for index in range(n_prompts):
-            order = list(range(len(items)))
-            random.Random(stable_int("fixed-exemplars", seed, fact.relation, index)).shuffle(order)
-            sets.append([items[i] for i in order if i not in excluded][:k])
+            key = (fact.relation, index, seed)
+            if key not in self._orders:
+                order = list(range(len(items)))
+                random.Random(stable_int("fixed-exemplars", *key)).shuffle(order)
+                self._orders[key] = order
+            eligible = (i for i in self._orders[key] if i not in excluded)
+            sets.append([items[i] for _, i in zip(range(k), eligible, strict=False)])
         return sets
+
+    def _candidates(self, fact: Fact, k: int) -> tuple[list[Fact], set[int]]:
+        """The pool of ``fact``'s relation and the positions it may not use (checked for ``k``)."""
+        self.check([fact], k)
+        return self.by_relation.get(fact.relation, []), self.excluded(fact)
 
 
 def build_prompts(
