@@ -1,4 +1,4 @@
-"""Synthetic new facts with controlled keys, for the key-type experiment (method.md section 6).
+"""Synthetic new facts with controlled keys, for the key-type experiment (docs/method.md section 6).
 
 New facts all use one relation's question ("Where was {key} born?") with a key that is either
 

@@ -1,6 +1,6 @@
 """Interference measures of held-out known facts against a training set, and their confounds.
 
-The localised-interference hypothesis (method.md section 6) says that a known fact is forgotten
+The localised-interference hypothesis (docs/method.md section 6) says that a known fact is forgotten
 when the new facts trained on have keys that overlap with its own. For each held-out fact this
 module measures that overlap against the training facts, under the reference (starting) model:
 

@@ -1,4 +1,4 @@
-"""Hidden states of fact keys and their drift along a training run (method.md section 6).
+"""Hidden states of fact keys and their drift along a training run (docs/method.md section 6).
 
 The representation of a held-out entity is the hidden state of its name (or of its whole question
 prompt) at one layer of the model: the middle layer by default, at the last token or averaged over

@@ -1,8 +1,9 @@
 """The closed-book QA prompt format shared by probing, training and evaluation.
 
-Default zero-shot format (method.md section 4): ``Q: {question}\\nA: {answer}<eos>``. The prompt is
-everything up to and including ``A:``; the completion is a space and the answer. Few-shot prompts
-(SLiCK probing) put exemplars in the same format, one per block, before the question.
+Default zero-shot format (docs/method.md section 4): ``Q: {question}\\nA: {answer}<eos>``. The
+prompt is everything up to and including ``A:``; the completion is a space and the answer.
+Few-shot prompts (SLiCK probing) put exemplars in the same format, one per block, before the
+question.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The experimental splits (method.md section 3): D_known, D_unknown, D_held and a dev set.
+"""The experimental splits (docs/method.md section 3): D_known, D_unknown, D_held and a dev set.
 
 From facts with SLiCK categories (the output of ``factkeep probe``):
 
@@ -15,7 +15,7 @@ From facts with SLiCK categories (the output of ``factkeep probe``):
    HighlyKnown part tracks forgetting, its Unknown part whether unseen facts start being "answered"
    (it should stay near chance). It is held out exactly like D_held.
 6. **Disjointness**: every training candidate that shares a subject with a D_held or dev fact is
-   removed (always); with ``held_disjoint_answers`` (default on, as in method.md), also every
+   removed (always); with ``held_disjoint_answers`` (default on, as in docs/method.md), also every
    candidate one of whose answers is an answer of a D_held or dev fact. Subjects are compared
    ignoring case and spacing; answers ignoring case, spacing and punctuation. What this removed is
    reported per relation. Answer-disjointness is costly where answers repeat (countries, years;

@@ -1,4 +1,4 @@
-"""Forgetting and learning metrics over a run's accuracy curves (method.md section 5).
+"""Forgetting and learning metrics over a run's accuracy curves (docs/method.md section 5).
 
 - **forgetting** = relative decline of D_held accuracy from its peak during training,
   ``(max_t acc(t) − acc(final)) / max_t acc(t)`` (0 when the peak is 0);

@@ -3,7 +3,7 @@
 A teacher is an ordinary causal LM in eval mode with ``requires_grad_(False)``, queried under
 ``torch.no_grad()``. It is always *built from a model folder* (the base model, or the snapshot the
 task-format phase saved), never deep-copied from a live student, so it works the same whether or
-not the student is wrapped or sharded by accelerate. Kinds (method.md section 4):
+not the student is wrapped or sharded by accelerate. Kinds (docs/method.md section 4):
 
 - ``base``: the model fine-tuning started from;
 - ``snapshot``: the model after the task-format phase (the paper's choice);

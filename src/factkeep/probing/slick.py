@@ -1,11 +1,11 @@
 """SLiCK knowledge probing: protocol, few-shot exemplar sampling, categories, the batched loop.
 
 For each question the model sees ``n_prompts`` few-shot prompts, each with ``k_exemplars``
-question/answer pairs of the *same relation* drawn from an exemplar pool (method.md section 2). Per
-prompt it gives 1 greedy answer and ``num_samples`` answers sampled at ``temperature`` with top-k
-``top_k``. ``P_greedy`` / ``P_sample`` are the fractions of those answers that
-:func:`~factkeep.probing.scoring.exact_match` any gold alias, and :func:`categorize` maps them to
-HighlyKnown / MaybeKnown / WeaklyKnown / Unknown.
+question/answer pairs of the *same relation* drawn from an exemplar pool (docs/method.md
+section 2). Per prompt it gives 1 greedy answer and ``num_samples`` answers sampled at
+``temperature`` with top-k ``top_k``. ``P_greedy`` / ``P_sample`` are the fractions of those
+answers that :func:`~factkeep.probing.scoring.exact_match` any gold alias, and :func:`categorize`
+maps them to HighlyKnown / MaybeKnown / WeaklyKnown / Unknown.
 
 Protocols (:data:`PRESETS`):
 

@@ -1,7 +1,7 @@
 """``factkeep analyze drift`` / ``analyze overlap``: the read-only side of the mechanism study.
 
 ``drift`` measures, for every model each training run saved, how far the held-out entities'
-middle-layer hidden states moved from the reference model's (method.md section 6)::
+middle-layer hidden states moved from the reference model's (docs/method.md section 6)::
 
     factkeep analyze drift runs=[runs/sft,runs/sd] facts=runs/split/d_held.jsonl out=runs/an/drift
 

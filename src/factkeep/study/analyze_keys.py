@@ -1,6 +1,6 @@
 """``factkeep analyze keys``: does forgetting depend on what new facts' keys look like?
 
-The key-type experiment of method.md section 6. For each key type (``name_like``: pieces of
+The key-type experiment of docs/method.md section 6. For each key type (``name_like``: pieces of
 known names recombined; ``uuid``: random hex strings), value kind and scale (number of new
 facts), it fine-tunes the model on synthetic new facts of one relation (an ordinary
 ``factkeep train`` run, default method ``sft``) and measures the forgetting of held-out known

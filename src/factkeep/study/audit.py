@@ -2,8 +2,8 @@
 
 Training on facts the model does not know (SLiCK ``Unknown``) is what makes it forget facts it
 knew, and the known facts whose keys are nearest to those new facts' keys are the most exposed
-(method.md section 6). The audit probes the proposed training set, reports its Unknown share, and
-ranks the facts to keep (``known=``) by their exposure to the Unknown training facts::
+(docs/method.md section 6). The audit probes the proposed training set, reports its Unknown share,
+and ranks the facts to keep (``known=``) by their exposure to the Unknown training facts::
 
     factkeep audit model=runs/world/model train=runs/split/d_unknown.jsonl \
         known=runs/split/d_held.jsonl out=runs/audit

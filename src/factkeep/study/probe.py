@@ -1,4 +1,4 @@
-"""``factkeep probe``: SLiCK categories of every fact for a model (method.md section 2).
+"""``factkeep probe``: SLiCK categories of every fact for a model (docs/method.md section 2).
 
 Output folder (``out=``, default ``runs/probe``)::
 

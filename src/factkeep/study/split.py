@@ -1,4 +1,6 @@
-"""``factkeep split``: D_known / D_unknown / D_held / dev from probed categories (method.md §3).
+"""``factkeep split``: D_known / D_unknown / D_held / dev from probed categories.
+
+The splits of docs/method.md section 3.
 
 Reads the ``categories.jsonl`` of ``factkeep probe`` and writes (``out=``, default ``runs/split``)::
 
