@@ -340,16 +340,22 @@ def _cost(cfg: TrainCommandConfig) -> int:
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: method x final accuracy per split and forgetting of D_held."""
     lines = [
-        "| method | D_known | D_unknown | D_held | forgetting | time |",
+        "| method | D_known | D_unknown | D_held | forgetting (95% CI) | time |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for method, r in results.items():
         final = r["final"]
+        ci = r.get("ci95", {}).get("forgetting")
+        interval = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
         lines.append(
             f"| {method} | {final.get('d_known', float('nan')):.3f} | "
             f"{final.get('d_unknown', float('nan')):.3f} | {final.get('d_held', float('nan')):.3f} "
-            f"| {r['forgetting']:.1%} | {r['seconds']:.0f} s |"
+            f"| {r['forgetting']:.1%}{interval} | {r['seconds']:.0f} s |"
         )
+    sizes = next((r["n_facts"] for r in results.values() if r.get("n_facts")), None)
+    if sizes:
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(sizes.items()))
+        lines.append(f"\nFacts per split: {counts}; 95% CI: bootstrap over D_held's facts.")
     return "\n".join(lines)
 
 

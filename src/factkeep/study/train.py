@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from factkeep.eval.bootstrap import bootstrap_intervals, correctness_matrix
 from factkeep.eval.metrics import summarize_run
 from factkeep.rundir import atomic_write_json
 from factkeep.training.config import TrainCommandConfig
@@ -27,11 +28,16 @@ log = logging.getLogger(__name__)
 def train_summary(cfg: TrainCommandConfig, result: TrainResult) -> dict[str, Any]:
     """The ``results.json`` of a training run."""
     summary = summarize_run(result.metrics)
+    intervals = bootstrap_intervals([result.out])
     return {
         "method": cfg.method,
         "model": cfg.model,
         "seed": cfg.seed,
         **summary,
+        "ci95": {name: list(bounds) for name, bounds in intervals.items()},
+        "n_facts": {
+            name: len(correctness_matrix(result.out, name)[0]) for name in summary["final"]
+        },
         "trainable_parameters": result.trainable_parameters,
         "total_parameters": result.total_parameters,
         "teacher_forwards": result.teacher_forwards,
@@ -52,8 +58,16 @@ def format_summary(results: dict[str, Any]) -> str:
     if results["forgetting"] is not None:
         lines.append(
             f"forgetting of d_held (relative decline from peak): {results['forgetting']:.1%}"
+            + _interval(results.get("ci95", {}).get("forgetting"))
         )
     return "\n".join(lines)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    """`` (95% CI 8.2-14.6%)``, or nothing without bounds."""
+    if not bounds:
+        return ""
+    return f" (95% CI {100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%)"
 
 
 def run_train(cfg: TrainCommandConfig) -> int:

@@ -1,0 +1,116 @@
+"""95% bootstrap intervals of final accuracy and forgetting, over facts and over seeds.
+
+An accuracy measured on 300 facts moves by a third of a point per fact, and a difference of a few
+points between two methods can be noise. Every evaluation along a run writes its per-fact answers
+(``samples/step-NNNNNN.jsonl``: ``{"split", "id", "correct", ...}``), so the uncertainty that
+comes from *which facts* were drawn can be measured by resampling them: a replicate draws the
+split's facts with replacement and recomputes the accuracy at every evaluation, hence the final
+accuracy and the forgetting (``(max_t acc(t) − acc(final)) / max_t acc(t)``, docs/method.md
+section 5). With several runs of one method (seeds), a replicate also draws the runs with
+replacement and averages them (a two-level bootstrap: seeds, then facts shared by the runs), so
+the interval covers both sources of variation. The interval is the 2.5th to 97.5th percentile of
+``n_boot`` replicates (percentile bootstrap), seeded so that reports are reproducible.
+
+Example::
+
+    intervals = bootstrap_intervals(["runs/demo/runs/sft"])
+    intervals["forgetting"]   # (0.082, 0.146)
+    intervals["d_held"]       # (0.855, 0.912)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from factkeep.eval.transitions import read_samples, run_sample_files
+
+__all__ = ["bootstrap_intervals", "correctness_matrix"]
+
+
+def correctness_matrix(run_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
+    """The per-fact correctness of ``split`` at each evaluation of a run.
+
+    Returns:
+        ``(fact ids, matrix)``: ids sorted, matrix ``(evaluations, facts)`` of 0/1 in step order;
+        an empty matrix when the run evaluated no fact of ``split``.
+    """
+    rows = []
+    ids: list[str] | None = None
+    for _, path in run_sample_files(run_dir):
+        answers = {fid: ok for (name, fid), ok in read_samples(path).items() if name == split}
+        if not answers:
+            continue
+        if ids is None:
+            ids = sorted(answers)
+        rows.append([answers.get(fid, False) for fid in ids])
+    if ids is None:
+        return [], np.zeros((0, 0))
+    return ids, np.asarray(rows, dtype=np.float64)
+
+
+def _forgetting(curves: np.ndarray) -> np.ndarray:
+    """Forgetting of each column of ``(evaluations, replicates)`` accuracy curves."""
+    peak = curves.max(axis=0)
+    return np.where(peak > 0, (peak - curves[-1]) / np.where(peak > 0, peak, 1.0), 0.0)
+
+
+def bootstrap_intervals(
+    run_dirs: Sequence[str | Path],
+    held: str = "d_held",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of every split's final accuracy and of the forgetting of
+    ``held``, over the runs (when there are several) and their facts.
+
+    Args:
+        run_dirs: run folders of one method (e.g. its seeds), each with ``samples/``.
+        held: the split whose forgetting is measured.
+        n_boot: bootstrap replicates.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+
+    Returns:
+        ``{split: (low, high)}`` of the final accuracy (mean over the runs), and
+        ``"forgetting": (low, high)``; empty when the runs have no samples. Facts a split does
+        not share across the runs are left out.
+    """
+    rng = np.random.default_rng(seed)
+    tail = 100 * (1 - level) / 2
+    out: dict[str, tuple[float, float]] = {}
+    splits = sorted({name for run in run_dirs for name, _ in _split_names(run)})
+    picks = rng.integers(len(run_dirs), size=(n_boot, len(run_dirs))) if len(run_dirs) > 1 else None
+    for split in splits:
+        loaded = [correctness_matrix(run, split) for run in run_dirs]
+        common = sorted(set.intersection(*(set(ids) for ids, _ in loaded)))
+        if not common:
+            continue
+        matrices = []
+        for ids, matrix in loaded:
+            position = {fid: i for i, fid in enumerate(ids)}
+            matrices.append(matrix[:, [position[fid] for fid in common]])
+        facts = rng.integers(len(common), size=(n_boot, len(common)))
+        finals = np.zeros((len(matrices), n_boot))
+        forgets = np.zeros((len(matrices), n_boot))
+        for r, matrix in enumerate(matrices):
+            curves = matrix[:, facts].mean(axis=2)  # (evaluations, replicates)
+            finals[r], forgets[r] = curves[-1], _forgetting(curves)
+        if picks is not None:  # resample the runs too: replicate b averages runs picks[b]
+            finals = np.take_along_axis(finals, picks.T, axis=0)
+            forgets = np.take_along_axis(forgets, picks.T, axis=0)
+        final, forget = finals.mean(axis=0), forgets.mean(axis=0)
+        out[split] = (float(np.percentile(final, tail)), float(np.percentile(final, 100 - tail)))
+        if split == held:
+            low, high = np.percentile(forget, tail), np.percentile(forget, 100 - tail)
+            out["forgetting"] = (float(low), float(high))
+    return out
+
+
+def _split_names(run_dir: str | Path) -> set[tuple[str, str]]:
+    """The (split, id) pairs of a run's last evaluation."""
+    files = run_sample_files(run_dir)
+    return set(read_samples(files[-1][1])) if files else set()

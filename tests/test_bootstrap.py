@@ -1,0 +1,48 @@
+"""Bootstrap intervals over facts and seeds (factkeep.eval.bootstrap)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from factkeep.eval.bootstrap import bootstrap_intervals, correctness_matrix
+
+
+def _run(root: Path, name: str, held_right: list[int], n: int = 100) -> Path:
+    """A run folder whose D_held facts are right at the first evaluation, then ``held_right[i]``
+    of them at evaluation i + 1 (D_unknown: all wrong, then all right)."""
+    run = root / name
+    (run / "samples").mkdir(parents=True)
+    steps = [n, *held_right]
+    for e, right in enumerate(steps):
+        rows = [{"split": "d_held", "id": f"h{i}", "correct": i < right} for i in range(n)]
+        rows += [{"split": "d_unknown", "id": f"u{i}", "correct": e > 0} for i in range(20)]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (run / "samples" / f"step-{10 * e:06d}.jsonl").write_text(text)
+    return run
+
+
+def test_matrix_follows_the_evaluations(tmp_path) -> None:
+    ids, matrix = correctness_matrix(_run(tmp_path, "a", [90, 80]), "d_held")
+    assert len(ids) == 100 and matrix.shape == (3, 100)
+    assert matrix.mean(axis=1).tolist() == [1.0, 0.9, 0.8]
+    assert correctness_matrix(tmp_path / "a", "nope")[1].size == 0
+
+
+def test_one_run_interval_covers_the_estimate_with_binomial_width(tmp_path) -> None:
+    ci = bootstrap_intervals([_run(tmp_path, "a", [80])])
+    low, high = ci["forgetting"]
+    assert low < 0.2 < high
+    assert 0.10 < high - low < 0.22  # about 2 x 1.96 x sqrt(0.2 x 0.8 / 100) = 0.157
+    assert ci["d_held"][0] < 0.8 < ci["d_held"][1]
+    assert ci["d_unknown"] == (1.0, 1.0)  # every fact right: no uncertainty
+
+
+def test_seeds_widen_the_interval_and_resampling_is_seeded(tmp_path) -> None:
+    one = bootstrap_intervals([_run(tmp_path, "a", [90])])
+    two = bootstrap_intervals([tmp_path / "a", _run(tmp_path, "b", [70])])
+    assert two["forgetting"][0] < 0.2 < two["forgetting"][1]  # the mean of 0.1 and 0.3
+    assert two["forgetting"][1] - two["forgetting"][0] > one["forgetting"][1] - one["forgetting"][0]
+    assert bootstrap_intervals([tmp_path / "a"]) == one
+    assert bootstrap_intervals([tmp_path / "a"], seed=1) != one
+    assert bootstrap_intervals([tmp_path / "missing"]) == {}
