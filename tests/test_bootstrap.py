@@ -46,3 +46,22 @@ def test_seeds_widen_the_interval_and_resampling_is_seeded(tmp_path) -> None:
     assert bootstrap_intervals([tmp_path / "a"]) == one
     assert bootstrap_intervals([tmp_path / "a"], seed=1) != one
     assert bootstrap_intervals([tmp_path / "missing"]) == {}
+
+
+def test_report_rows_carry_the_intervals(tmp_path) -> None:
+    from factkeep.eval.report import comparison_rows, load_run, table_cells
+
+    runs = []
+    for name, right in (("a", 90), ("b", 70)):
+        run = _run(tmp_path, name, [right])
+        final = {"d_held": right / 100, "d_unknown": 1.0}
+        results = {"method": "sft", "seed": len(runs), "final": final}
+        results["forgetting"] = 1 - right / 100
+        (run / "results.json").write_text(json.dumps(results))
+        (run / "config.yaml").write_text(f"method: sft\nseed: {len(runs)}\n")
+        runs.append(load_run(run))
+    (row,) = comparison_rows(runs)
+    low, high = row.intervals["forgetting"]
+    assert low < 0.2 < high
+    cells = table_cells(row)
+    assert cells[4] == f"20.0 ± 14.1 [{100 * low:.1f}, {100 * high:.1f}]"  # forgetting column

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from factkeep.analysis.summary import SUMMARY_FILE, AnalysisSummary, Cell, read_summary
+from factkeep.eval.bootstrap import bootstrap_intervals
 from factkeep.eval.document import Block, html_document, markdown_document, md_table
 from factkeep.eval.metrics import summarize_run
 from factkeep.eval.plots import (
@@ -143,6 +144,8 @@ class ComparisonRow:
     variant: dict[str, Any]
     runs: list[RunData]
     cells: dict[str, Stat | None] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """95% bootstrap intervals per column, over the row's runs and their facts."""
     shared: dict[str, Any] = field(default_factory=dict)
     """Settings every run of the table changed the same way (left out of the labels)."""
 
@@ -338,6 +341,7 @@ def comparison_rows(runs: Sequence[RunData]) -> list[ComparisonRow]:
             else:
                 values = [(r.results.get("final") or {}).get(key) for r in row.runs]
             row.cells[key] = _stat([float(v) for v in values if v is not None])
+        row.intervals = bootstrap_intervals([r.path for r in row.runs if r.complete])
     return out
 
 
@@ -345,9 +349,24 @@ TABLE_HEADER = ["method", *(f"{name} (%)" for _, name in COLUMNS), "runs"]
 UNFINISHED = "† a run of this row has no results.json yet: its last evaluation is used."
 
 
+CI_NOTE = (
+    "[low, high]: 95% bootstrap interval, over the facts of each split (and over the runs when a "
+    "row has several); how many facts each figure rests on is in the run details."
+)
+
+
+def _cell(stat: Stat | None, interval: tuple[float, float] | None) -> str:
+    if stat is None:
+        return "—"
+    if interval is None:
+        return stat.percent()
+    return f"{stat.percent()} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def table_cells(row: ComparisonRow) -> list[str]:
-    """The row as text cells: label (``†`` if a run is unfinished), each column, number of runs."""
-    cells = [c.percent() if c else "—" for c in (row.cells.get(k) for k, _ in COLUMNS)]
+    """The row as text cells: label (``†`` if a run is unfinished), each column (mean, ± sd over
+    runs, and the 95% bootstrap interval), number of runs."""
+    cells = [_cell(row.cells.get(k), row.intervals.get(k)) for k, _ in COLUMNS]
     mark = "" if all(r.complete for r in row.runs) else " †"
     return [row.label + mark, *cells, str(len(row.runs))]
 
@@ -384,7 +403,8 @@ def plot_groups(rows: Sequence[ComparisonRow]) -> list[PlotGroup]:
 
 
 def _details(rows: Sequence[ComparisonRow]) -> list[list[str]]:
-    """One line per run: row, folder, seed, λ, steps, seconds, trainable parameters, status."""
+    """One line per run: row, folder, seed, λ, steps, seconds, trainable parameters, facts per
+    split, status."""
     out = []
     for row in rows:
         for run in row.runs:
@@ -406,6 +426,8 @@ def _details(rows: Sequence[ComparisonRow]) -> list[list[str]]:
                     str(r.get("steps", "—")),
                     "—" if seconds is None else f"{seconds:.0f}",
                     params,
+                    ", ".join(f"{k} {n}" for k, n in sorted((r.get("n_facts") or {}).items()))
+                    or "—",
                     status,
                 ]
             )
@@ -430,7 +452,10 @@ _CAPTIONS = {
     "transitions.png": "Share of facts by their answer at the first evaluation (the starting "
     "model) and at the last one (mean over a row's runs).",
 }
-_DETAILS = ["row", "run folder", "seed", "λ", "steps", "seconds", "trainable params", "status"]
+_DETAILS = [
+    *("row", "run folder", "seed", "λ", "steps", "seconds", "trainable params"),
+    *("facts evaluated", "status"),
+]
 
 
 def _shared_note(shared: Mapping[str, Any]) -> str:
@@ -457,6 +482,7 @@ def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
         ("ul", _NOTES),
         ("h2", "Comparison"),
         ("table", TABLE_HEADER, [table_cells(r) for r in rows], colours),
+        ("p", CI_NOTE),
         *([("p", UNFINISHED)] if unfinished else []),
         *([("p", _shared_note(rows[0].shared))] if rows and rows[0].shared else []),
         *[
