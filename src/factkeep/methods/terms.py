@@ -33,6 +33,7 @@ from torch import nn
 from factkeep.methods.functional import (
     distillation_loss,
     ewc_penalty,
+    grad_norm_matched_coefficient,
     kl_positions_mask,
     l2_to_anchor,
     masked_nll,
@@ -212,7 +213,7 @@ class L2ToAnchor(LossTerm):
         kl = self.match(ctx)
         grads = torch.autograd.grad(kl, params, retain_graph=True, allow_unused=True)
         kl_norm = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
-        self.weight = kl_norm / l2_norm
+        self.weight = grad_norm_matched_coefficient(kl_norm, l2_norm)
 
     def stats(self) -> dict[str, float]:
         return {"l2_mu": float(self.weight)}

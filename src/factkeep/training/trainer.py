@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Trainer
 
 from factkeep.errors import FactkeepError
-from factkeep.methods.functional import shift_for_next_token
+from factkeep.methods.functional import shift_attention_mask, shift_for_next_token
 from factkeep.methods.teacher import Teacher
 from factkeep.methods.teacher_cache import TeacherCache
 from factkeep.methods.teacher_placement import place_teacher
@@ -108,7 +108,7 @@ class FactTrainer(Trainer):
             model=model,
             logits=logits,
             labels=shifted_labels,
-            attention=attention_mask[:, 1:],
+            attention=shift_attention_mask(attention_mask),  # (B, T-1)
             teacher_logits=teacher_logits,
             teacher_topk=teacher_topk if self.teacher_cache is not None else None,
         )
