@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from factkeep.analysis.summary import AnalysisFigure, AnalysisSummary, AnalysisTable, write_summary
 from factkeep.config import ConfigError, help_field
+from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import Fact, read_facts
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
@@ -255,7 +256,6 @@ def _overlap_inputs(cfg: OverlapCommandConfig) -> dict[str, Any]:
     from factkeep.analysis.overlap import pick_evaluation, split_correctness
     from factkeep.analysis.representations import read_run_config
     from factkeep.eval.transitions import run_sample_files
-    from factkeep.training.run import load_fact_set
 
     if not cfg.run:
         raise ConfigError("run= is required (a training run folder)")

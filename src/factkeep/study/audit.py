@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from factkeep.config import ConfigError, help_field
+from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import CATEGORIES, UNKNOWN, Fact, check_unique_ids, write_facts
 from factkeep.errors import DataError
 from factkeep.models.loading import ModelOptions
@@ -98,8 +99,6 @@ class AuditCommandConfig(ModelOptions):
 
 
 def _load(entry: str, splits: str, what: str) -> list[Fact]:
-    from factkeep.training.run import load_fact_set
-
     if not entry.endswith(".jsonl") and not splits:
         raise ConfigError(f"{what}: {entry!r} is not a .jsonl file; set splits= for split names")
     facts = load_fact_set(entry, splits)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from factkeep.config import ConfigError, config_to_dict, help_field
+from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
@@ -84,8 +85,6 @@ def load_sets(entries: list[str], splits_dir: str) -> tuple[dict[str, list[Fact]
         ConfigError: a missing file, a split name without ``splits=``, or two sets with one name.
         DataError: an invalid or empty file (located by file and line).
     """
-    from factkeep.training.run import load_fact_set
-
     sets: dict[str, list[Fact]] = {}
     files: dict[str, str] = {}
     for entry in entries:

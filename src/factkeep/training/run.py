@@ -34,8 +34,8 @@ import torch
 from transformers import TrainingArguments
 
 from factkeep.config import ConfigError, config_to_dict
-from factkeep.data.facts import Fact, read_facts, read_jsonl_objects
-from factkeep.data.prompt_completion import read_prompt_completion
+from factkeep.data.fact_sets import load_fact_set
+from factkeep.data.facts import Fact
 from factkeep.errors import FactkeepError
 from factkeep.methods.freezing import FreezeSpec, apply_freezing
 from factkeep.methods.teacher import Teacher
@@ -59,7 +59,6 @@ __all__ = [
     "check_resumable",
     "is_main_process",
     "last_complete_checkpoint",
-    "load_fact_set",
     "train",
 ]
 
@@ -90,24 +89,6 @@ class TrainResult:
     teacher_forwards: int = 0
     stopped_early_at: int | None = None
     phases: list[str] = field(default_factory=list)
-
-
-def load_fact_set(entry: str, splits_dir: str) -> list[Fact]:
-    """Facts of a split name (``d_known`` -> ``<splits_dir>/d_known.jsonl``) or a JSONL path.
-
-    A file whose first record has ``prompt`` and ``completion`` is read as TRL prompt/completion.
-    """
-    path = Path(entry)
-    if not entry.endswith(".jsonl"):
-        if not splits_dir:
-            raise ConfigError(f"'{entry}' is a split name but data.splits is not set")
-        path = Path(splits_dir) / f"{entry}.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"facts file not found: {path}")
-    rows = read_jsonl_objects(path)
-    if rows and "prompt" in rows[0][1] and "completion" in rows[0][1]:
-        return read_prompt_completion(path)
-    return read_facts(path)
 
 
 def _load_sets(entries: Sequence[str], splits_dir: str) -> list[Fact]:
