@@ -8,7 +8,7 @@ closest known one.
 Example::
 
     cfg = resolve_config(WorldConfig, yaml_path="world.yaml", overrides=["pretrain.lr=3e-3"])
-    save_config(cfg, "runs/world/config.yaml")
+    factkeep.rundir.save_config(cfg, "runs/world/config.yaml")  # the run folder writes it
 """
 
 from __future__ import annotations
@@ -267,14 +267,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    from factkeep.rundir import atomic_write_text
-
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-    atomic_write_text(path, text)
-
-
 def load_saved_config(cls: type[T], path: str | Path) -> T:
-    """Read a config written by :func:`save_config` back into its dataclass."""
+    """Read a config written by :func:`factkeep.rundir.save_config` back into its dataclass."""
     return resolve_config(cls, yaml_path=path)

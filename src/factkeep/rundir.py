@@ -18,6 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from factkeep.config import config_to_dict
+
 _PACKAGES = (
     "factkeep",
     "torch",
@@ -122,10 +126,14 @@ def environment_info(seed: int | None = None) -> dict[str, Any]:
     }
 
 
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a resolved config (a dataclass instance) as YAML, atomically."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+    atomic_write_text(path, text)
+
+
 def write_run_metadata(out_dir: str | Path, cfg: Any, seed: int | None = None) -> None:
     """Write ``config.yaml`` (the resolved config) and ``env.json`` into ``out_dir``."""
-    from factkeep.config import save_config
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
