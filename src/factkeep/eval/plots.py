@@ -31,9 +31,11 @@ from matplotlib.transforms import Bbox
 __all__ = [
     "METHOD_COLORS",
     "PlotGroup",
+    "figure_png",
     "frontier_png",
     "learning_curves_png",
     "method_color",
+    "style_axes",
     "transitions_png",
 ]
 
@@ -110,14 +112,16 @@ def _marker(method: str) -> str:
     return _MARKERS[index % len(_MARKERS)]
 
 
-def _png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (reproducible: no software tag in the metadata)."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
 
 
-def _style(ax: Axes) -> None:
+def style_axes(ax: Axes) -> None:
+    """factkeep's plot style: a light grid behind the data, no top and right spines."""
     ax.grid(True, color="#e6e6e6", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -171,7 +175,7 @@ def learning_curves_png(groups: Sequence[PlotGroup], columns: int = 4) -> bytes:
         ax.set_title(f"{title}  ({n} run{'s' if n != 1 else ''})", fontsize=9, loc="left")
         ax.set_ylim(-3, 103)
         ax.tick_params(labelsize=8)
-        _style(ax)
+        style_axes(ax)
         if i % cols == 0:
             ax.set_ylabel("accuracy (%)", fontsize=8)
         if i >= len(groups) - cols:
@@ -181,7 +185,7 @@ def learning_curves_png(groups: Sequence[PlotGroup], columns: int = 4) -> bytes:
     ]
     handles.append(Line2D([], [], color="#999999", linestyle=":", label="new phase"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 _OFFSETS = (
@@ -270,7 +274,7 @@ def frontier_png(groups: Sequence[PlotGroup]) -> bytes:
     ax.set_ylim(-4, 106)
     low, high = ax.get_xlim()
     ax.set_xlim(min(low, -0.02 * high), high)  # show 0 (no forgetting)
-    _style(ax)
+    style_axes(ax)
     handles: dict[str, Line2D] = {}
     for group in groups:
         handles.setdefault(
@@ -302,7 +306,7 @@ def frontier_png(groups: Sequence[PlotGroup]) -> bytes:
             xy = (100 * mean(group.forgetting), 100 * mean(group.unknown))
             labels.append((note, xy, method_color(group.method)))
     _place_labels(fig, ax, labels)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _mean_fractions(runs: Sequence[Mapping[str, Mapping[str, int]]], split: str) -> list[float]:
@@ -362,4 +366,4 @@ def transitions_png(
         tick.set_color(method_color(group.method))
     handles = [Patch(color=c, label=name) for name, c in TRANSITION_STYLE.values()]
     fig.legend(handles=handles, loc="outside upper center", ncols=4, fontsize=9, frameon=False)
-    return _png(fig)
+    return figure_png(fig)

@@ -218,16 +218,16 @@ def _drift_summary(doc: dict[str, Any]) -> AnalysisSummary:
 def _figure(width: float, height: float) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
-    from factkeep.eval.plots import _style
+    from factkeep.eval.plots import style_axes
 
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
-    _style(ax)
+    style_axes(ax)
     return fig, ax
 
 
 def _drift_png(runs: list[dict[str, Any]]) -> bytes:
-    from factkeep.eval.plots import _png, method_color
+    from factkeep.eval.plots import figure_png, method_color
 
     fig, ax = _figure(6.0, 3.6)
     seen: set[str] = set()
@@ -248,7 +248,7 @@ def _drift_png(runs: list[dict[str, Any]]) -> bytes:
     ax.set_xlabel("training step", fontsize=9)
     ax.set_ylabel("mean cosine distance to reference", fontsize=9)
     ax.legend(fontsize=8, frameon=False)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _overlap_inputs(cfg: OverlapCommandConfig) -> dict[str, Any]:
@@ -470,7 +470,7 @@ def _forgetting_bins(rows: list[dict[str, Any]], n_bins: int) -> list[dict[str, 
 
 
 def _overlap_png(bins: list[dict[str, Any]], overall: float) -> bytes:
-    from factkeep.eval.plots import _png
+    from factkeep.eval.plots import figure_png
 
     fig, ax = _figure(6.0, 3.4)
     rates = [100 * (b["forgetting_rate"] or 0.0) for b in bins]
@@ -490,4 +490,4 @@ def _overlap_png(bins: list[dict[str, Any]], overall: float) -> bytes:
     ax.set_xlabel("max key cosine to the training subjects (quantile bins)", fontsize=9)
     ax.set_ylabel("forgotten (%)", fontsize=9)
     ax.set_ylim(0, 110)
-    return _png(fig)
+    return figure_png(fig)

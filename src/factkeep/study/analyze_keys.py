@@ -229,7 +229,7 @@ def keys_png(rows: list[dict]) -> bytes:
     """Forgetting of held facts vs number of new facts (log scale), per key type / value kind."""
     from matplotlib.figure import Figure
 
-    from factkeep.eval.plots import _png, _style
+    from factkeep.eval.plots import figure_png, style_axes
 
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot(1, 1, 1)
@@ -256,10 +256,10 @@ def keys_png(rows: list[dict]) -> bytes:
     ax.set_xlabel("new facts trained (log scale)")
     ax.set_ylabel("forgetting of held facts (%)")
     ax.set_title("Forgetting of held facts by the key type of the new facts")
-    _style(ax)
+    style_axes(ax)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def run_keys(cfg: KeysCommandConfig) -> int:
