@@ -65,3 +65,34 @@ def test_report_rows_carry_the_intervals(tmp_path) -> None:
     assert low < 0.2 < high
     cells = table_cells(row)
     assert cells[4] == f"20.0 ± 14.1 [{100 * low:.1f}, {100 * high:.1f}]"  # forgetting column
+
+
+def test_paired_difference_is_narrower_than_the_two_intervals(tmp_path) -> None:
+    from factkeep.eval.bootstrap import paired_difference
+
+    # b keeps the same 70 facts as a (and those only): a fact-by-fact subset, 20 points fewer.
+    a, b = _run(tmp_path, "a", [90]), _run(tmp_path, "b", [70])
+    diff, (low, high) = paired_difference([a], [b], "d_held")
+    assert abs(diff - 0.2) < 1e-9 and low < 0.2 < high
+    width_a, width_b = (
+        ci[1] - ci[0] for ci in (bootstrap_intervals([run])["d_held"] for run in (a, b))
+    )
+    unpaired = (width_a**2 + width_b**2) ** 0.5  # the two runs' intervals taken as independent
+    assert high - low < 0.8 * unpaired  # paired: the facts both get right cancel out
+    assert paired_difference([a], [b], "nope") is None
+
+
+def test_report_lists_the_differences_from_sft(tmp_path) -> None:
+    from factkeep.eval.report import comparison_rows, load_run, paired_rows
+
+    runs = []
+    for name, method, right in (("a", "sft", 70), ("b", "known_only", 90)):
+        run = _run(tmp_path, name, [right])
+        results = {"method": method, "seed": 0, "final": {"d_held": right / 100}}
+        results["forgetting"] = 1 - right / 100
+        (run / "results.json").write_text(json.dumps(results))
+        (run / "config.yaml").write_text(f"method: {method}\nseed: 0\n")
+        runs.append(load_run(run))
+    (row,) = paired_rows(comparison_rows(runs))
+    assert row[0] == "known_only" and row[2].startswith("+20.0 [")
+    assert paired_rows(comparison_rows(runs[1:])) == []  # no sft row: no paired table

@@ -16,6 +16,12 @@ Example::
     intervals = bootstrap_intervals(["runs/demo/runs/sft"])
     intervals["forgetting"]   # (0.082, 0.146)
     intervals["d_held"]       # (0.855, 0.912)
+    paired_difference(["runs/sd"], ["runs/sft"], "d_held")   # (0.073, (0.020, 0.123))
+
+Two methods evaluated on the same facts are compared *paired*: a replicate draws the facts once
+for both (and each method's runs separately), so the interval of the difference leaves out the
+variation that both share (which facts are easy), and is much narrower than the two intervals
+side by side suggest.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 
 from factkeep.eval.transitions import read_samples, run_sample_files
 
-__all__ = ["bootstrap_intervals", "correctness_matrix"]
+__all__ = ["bootstrap_intervals", "correctness_matrix", "paired_difference"]
 
 
 def correctness_matrix(run_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
@@ -114,3 +120,50 @@ def _split_names(run_dir: str | Path) -> set[tuple[str, str]]:
     """The (split, id) pairs of a run's last evaluation."""
     files = run_sample_files(run_dir)
     return set(read_samples(files[-1][1])) if files else set()
+
+
+def _final_correct(run_dirs: Sequence[str | Path], split: str) -> tuple[list[str], np.ndarray]:
+    """The facts of ``split`` every run evaluated, and each run's final 0/1 answers on them."""
+    loaded = [correctness_matrix(run, split) for run in run_dirs]
+    common = sorted(set.intersection(*(set(ids) for ids, _ in loaded))) if loaded else []
+    if not common:
+        return [], np.zeros((len(loaded), 0))
+    finals = []
+    for ids, matrix in loaded:
+        position = {fid: i for i, fid in enumerate(ids)}
+        finals.append(matrix[-1, [position[fid] for fid in common]])
+    return common, np.asarray(finals)
+
+
+def paired_difference(
+    runs_a: Sequence[str | Path],
+    runs_b: Sequence[str | Path],
+    split: str,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, tuple[float, float]] | None:
+    """Final accuracy of ``runs_a`` minus that of ``runs_b`` on ``split``, paired over the facts.
+
+    Returns:
+        ``(difference, (low, high))`` over the facts both evaluated (each side the mean over its
+        runs), or None when they share no fact of ``split``.
+    """
+    ids_a, a = _final_correct(runs_a, split)
+    ids_b, b = _final_correct(runs_b, split)
+    common = sorted(set(ids_a) & set(ids_b))
+    if not common:
+        return None
+    a = a[:, [ids_a.index(fid) for fid in common]]  # (runs, facts)
+    b = b[:, [ids_b.index(fid) for fid in common]]
+    rng = np.random.default_rng(seed)
+    facts = rng.integers(len(common), size=(n_boot, len(common)))
+    pick_a = rng.integers(len(a), size=(n_boot, len(a)))
+    pick_b = rng.integers(len(b), size=(n_boot, len(b)))
+    # replicate r: mean over its runs of each side, each on the same resampled facts
+    mean_a = np.stack([a[pick_a[r]][:, facts[r]].mean() for r in range(n_boot)])
+    mean_b = np.stack([b[pick_b[r]][:, facts[r]].mean() for r in range(n_boot)])
+    diff = mean_a - mean_b
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diff, tail), np.percentile(diff, 100 - tail)
+    return float(a.mean() - b.mean()), (float(low), float(high))

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from factkeep.analysis.summary import SUMMARY_FILE, AnalysisSummary, Cell, read_summary
-from factkeep.eval.bootstrap import bootstrap_intervals
+from factkeep.eval.bootstrap import bootstrap_intervals, paired_difference
 from factkeep.eval.document import Block, html_document, markdown_document, md_table
 from factkeep.eval.metrics import summarize_run
 from factkeep.eval.plots import (
@@ -458,11 +458,52 @@ _DETAILS = [
 ]
 
 
+PAIRED_SPLITS = (("d_unknown", "D_unknown"), ("d_held", "D_held"))
+"""The columns of the paired comparison with the reference row."""
+
+
+def paired_rows(rows: Sequence[ComparisonRow], reference: str = "sft") -> list[list[str]]:
+    """Each row's final accuracy minus the ``reference`` method's, paired over the same facts
+    (percentage points, 95% bootstrap interval); empty without a finished reference row."""
+    ref = next((r for r in rows if r.method == reference and not r.variant), None)
+    if ref is None or not all(run.complete for run in ref.runs):
+        return []
+    out = []
+    for row in rows:
+        if row is ref or not all(run.complete for run in row.runs):
+            continue
+        cells = []
+        for split, _ in PAIRED_SPLITS:
+            found = paired_difference([r.path for r in row.runs], [r.path for r in ref.runs], split)
+            if found is None:
+                cells.append("—")
+                continue
+            diff, (low, high) = found
+            cells.append(f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        if any(c != "—" for c in cells):
+            out.append([row.label, *cells])
+    return out
+
+
 def _shared_note(shared: Mapping[str, Any]) -> str:
     return (
         f"Every run here uses {variant_text(shared)} instead of its method's shipped setting "
         "(left out of the row names)."
     )
+
+
+def _paired_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
+    paired = paired_rows(rows)
+    if not paired:
+        return []
+    header = ["method", *(f"{name} − sft (points)" for _, name in PAIRED_SPLITS)]
+    colours = [method_color(r.method) for r in rows if r.label in {p[0] for p in paired}]
+    note = (
+        "Final accuracy minus sft's, paired over the same facts, with its 95% bootstrap interval: "
+        "an interval that excludes 0 is a difference the facts drawn do not explain."
+    )
+    caption = "Against sft, on the same facts"
+    return [("table", header, paired, colours, caption), ("p", note)]
 
 
 def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
@@ -483,6 +524,7 @@ def report_blocks(rows: Sequence[ComparisonRow]) -> list[Block]:
         ("h2", "Comparison"),
         ("table", TABLE_HEADER, [table_cells(r) for r in rows], colours),
         ("p", CI_NOTE),
+        *_paired_blocks(rows),
         *([("p", UNFINISHED)] if unfinished else []),
         *([("p", _shared_note(rows[0].shared))] if rows and rows[0].shared else []),
         *[
