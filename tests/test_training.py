@@ -166,12 +166,49 @@ def test_cached_teacher_runs_the_teacher_once_per_cache_batch_not_per_step(files
         "self_distill_nontarget",
     ],
 )
-def test_controls_run(files, tmp_path, config) -> None:
+def test_controls_run_and_do_what_distinguishes_them(files, tmp_path, config) -> None:
     out = tmp_path / config
-    assert main(_args(files, out, config, "optim.epochs=1")) == 0
+    assert main(_args(files, out, config, "optim.epochs=1", "log_every_steps=1")) == 0
     res = _results(out)
     assert res["method"] == config
     assert all(math.isfinite(v) for v in res["final"].values())
+    logged = _history(out)
+    if config == "known_only":  # 24 known facts, no unknown ones: 3 steps of 8
+        assert res["steps"] == 3 and res["phases"] == ["main"]
+    if config == "freeze_ffn_only":
+        assert 0 < res["trainable_parameters"] < res["total_parameters"]
+    if config == "kl_to_base":  # the base model is the teacher: no format phase, and it runs
+        assert res["phases"] == ["main"] and res["teacher_forwards"] == 6
+        assert any(h.get("loss_kl_to_teacher", 0) > 0 for h in logged)
+    if config == "ewc":  # the penalty is 0 at the anchor, then grows and is logged
+        assert any(h.get("loss_ewc", 0) > 0 for h in logged)
+    if config == "self_distill_nontarget":
+        assert res["phases"] == ["format", "main"]
+        assert any(h.get("loss_kl_to_teacher", 0) > 0 for h in logged)
+    if config == "label_smoothing":  # the same first batch and weights as SFT, another loss
+        sft = tmp_path / "sft"
+        assert main(_args(files, sft, "sft", "optim.epochs=1", "log_every_steps=1")) == 0
+        assert abs(logged[0]["loss_nll"] - _history(sft)[0]["loss_nll"]) > 1e-4
+
+
+def _history(out: Path, phase: str = "main") -> list[dict]:
+    """The Trainer's logged entries of a finished phase (its per-term losses)."""
+    done = json.loads((out / "phases" / phase / "done.json").read_text())
+    return [h for h in done["log_history"] if "loss" in h]
+
+
+def test_lambda_reaches_the_kl_term_and_scales_it(files, tmp_path) -> None:
+    """At the first step the student is its teacher: the KL and its gradient are 0, so the first
+    update is the same for any λ, and the second step's logged KL term scales with λ."""
+    kl = {}
+    for weight in (1.0, 2.5):
+        out = tmp_path / f"kl{weight}"
+        extra = ["optim.epochs=1", "log_every_steps=1", f"loss.kl_weight={weight}"]
+        assert main(_args(files, out, "kl_to_base", *extra)) == 0
+        kl[weight] = [h["loss_kl_to_teacher"] for h in _history(out)]
+    assert kl[1.0][0] == kl[2.5][0] == 0.0
+    assert kl[1.0][1] > 0
+    assert kl[2.5][1] == pytest.approx(2.5 * kl[1.0][1], rel=1e-3)
 
 
 def test_l2_control_matches_the_kl_gradient_norm(files, tmp_path) -> None:
