@@ -33,7 +33,26 @@ import numpy as np
 
 from factkeep.eval.transitions import read_samples, run_sample_files
 
-__all__ = ["bootstrap_intervals", "correctness_matrix", "paired_difference"]
+__all__ = ["bootstrap_intervals", "correctness_matrix", "paired_difference", "run_matrices"]
+
+
+def run_matrices(run_dir: str | Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Every split's per-fact correctness at each evaluation of a run, its sample files read once.
+
+    Returns:
+        ``{split: (fact ids, matrix)}``: ids sorted (those of the split's first evaluation), matrix
+        ``(evaluations, facts)`` of 0/1 in step order.
+    """
+    rows: dict[str, list[list[bool]]] = {}
+    ids: dict[str, list[str]] = {}
+    for _, path in run_sample_files(run_dir):
+        by_split: dict[str, dict[str, bool]] = {}
+        for (name, fid), ok in read_samples(path).items():
+            by_split.setdefault(name, {})[fid] = ok
+        for name, answers in by_split.items():
+            order = ids.setdefault(name, sorted(answers))
+            rows.setdefault(name, []).append([answers.get(fid, False) for fid in order])
+    return {name: (ids[name], np.asarray(rows[name], dtype=np.float64)) for name in rows}
 
 
 def correctness_matrix(run_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
@@ -43,18 +62,7 @@ def correctness_matrix(run_dir: str | Path, split: str) -> tuple[list[str], np.n
         ``(fact ids, matrix)``: ids sorted, matrix ``(evaluations, facts)`` of 0/1 in step order;
         an empty matrix when the run evaluated no fact of ``split``.
     """
-    rows = []
-    ids: list[str] | None = None
-    for _, path in run_sample_files(run_dir):
-        answers = {fid: ok for (name, fid), ok in read_samples(path).items() if name == split}
-        if not answers:
-            continue
-        if ids is None:
-            ids = sorted(answers)
-        rows.append([answers.get(fid, False) for fid in ids])
-    if ids is None:
-        return [], np.zeros((0, 0))
-    return ids, np.asarray(rows, dtype=np.float64)
+    return run_matrices(run_dir).get(split, ([], np.zeros((0, 0))))
 
 
 def _forgetting(curves: np.ndarray) -> np.ndarray:
@@ -88,10 +96,11 @@ def bootstrap_intervals(
     rng = np.random.default_rng(seed)
     tail = 100 * (1 - level) / 2
     out: dict[str, tuple[float, float]] = {}
-    splits = sorted({name for run in run_dirs for name, _ in _split_names(run)})
+    per_run = [run_matrices(run) for run in run_dirs]
+    splits = sorted({name for found in per_run for name in found})
     picks = rng.integers(len(run_dirs), size=(n_boot, len(run_dirs))) if len(run_dirs) > 1 else None
     for split in splits:
-        loaded = [correctness_matrix(run, split) for run in run_dirs]
+        loaded = [found.get(split, ([], np.zeros((0, 0)))) for found in per_run]
         common = sorted(set.intersection(*(set(ids) for ids, _ in loaded)))
         if not common:
             continue
@@ -114,12 +123,6 @@ def bootstrap_intervals(
             low, high = np.percentile(forget, tail), np.percentile(forget, 100 - tail)
             out["forgetting"] = (float(low), float(high))
     return out
-
-
-def _split_names(run_dir: str | Path) -> set[tuple[str, str]]:
-    """The (split, id) pairs of a run's last evaluation."""
-    files = run_sample_files(run_dir)
-    return set(read_samples(files[-1][1])) if files else set()
 
 
 def _final_correct(run_dirs: Sequence[str | Path], split: str) -> tuple[list[str], np.ndarray]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from factkeep.eval.bootstrap import bootstrap_intervals, correctness_matrix
+from factkeep.eval.bootstrap import bootstrap_intervals, run_matrices
 from factkeep.eval.metrics import summarize_run
 from factkeep.rundir import atomic_write_json
 from factkeep.training.config import TrainCommandConfig
@@ -29,6 +29,7 @@ def train_summary(cfg: TrainCommandConfig, result: TrainResult) -> dict[str, Any
     """The ``results.json`` of a training run."""
     summary = summarize_run(result.metrics)
     intervals = bootstrap_intervals([result.out])
+    evaluated = run_matrices(result.out)
     return {
         "method": cfg.method,
         "model": cfg.model,
@@ -36,7 +37,7 @@ def train_summary(cfg: TrainCommandConfig, result: TrainResult) -> dict[str, Any
         **summary,
         "ci95": {name: list(bounds) for name, bounds in intervals.items()},
         "n_facts": {
-            name: len(correctness_matrix(result.out, name)[0]) for name in summary["final"]
+            name: len(evaluated[name][0]) for name in summary["final"] if name in evaluated
         },
         "trainable_parameters": result.trainable_parameters,
         "total_parameters": result.total_parameters,
