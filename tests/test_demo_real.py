@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from factkeep.cli import main
 from factkeep.models.tiny import TinyModelConfig, build_tiny_model
@@ -78,7 +79,7 @@ def test_demo_on_entityquestions_runs_every_stage_then_reuses_them(eq_study, tmp
         "methods=[sft,known_only]",
         "epochs=2",
         "lr=1e-3",
-        "train_overrides=[optim.batch_size=8]",
+        "train_overrides=[optim.batch_size=8,known_only:optim.lr=5e-4]",
         "jobs=1",
     ]
     assert main(args) == 0
@@ -94,13 +95,42 @@ def test_demo_on_entityquestions_runs_every_stage_then_reuses_them(eq_study, tmp
         results = json.loads((out / "runs" / method / "results.json").read_text())
         assert results["method"] == method
         assert set(results["final"]) == {"d_known", "d_unknown", "d_held"}
-    assert "| sft |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| sft |" in summary
+    assert "Where the time went" in summary and "| evaluation |" in summary
     assert (out / "report.html").is_file()
+    lrs = {m: _saved(out / "runs" / m)["optim"]["lr"] for m in ("sft", "known_only")}
+    assert lrs == {"sft": 1e-3, "known_only": 5e-4}  # the method-scoped override
 
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "reusing the facts" in text and "reusing the probe results" in text
     assert text.count("[demo] reusing") == 4  # facts, probe and both runs
+
+
+def _saved(run: Path) -> dict:
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def test_a_method_scoped_override_must_name_a_method_of_the_study(eq_study, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = [
+        "demo",
+        f"out={out}",
+        "source=entityquestions",
+        f"real_model={eq_study['model']}",
+        f"eq_root={eq_study['eq']}",
+        "methods=[sft]",
+        "train_overrides=[self_distil:loss.kl_weight=3]",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "'self_distil'" in err and "not in methods" in err
+    assert not out.exists()
+    args[-1] = "train_overrides=[sft:optim.lrr=3]"  # a typo fails before the probe, not after
+    assert main(args) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_real_preset_sizes_the_study_for_smollm2() -> None:

@@ -21,6 +21,7 @@ from factkeep.data.facts import write_facts
 from factkeep.data.world import WorldSpec, build_world
 from factkeep.models.tiny import TinyModelConfig, build_tiny_model
 from factkeep.models.tokenizer import build_word_tokenizer
+from factkeep.training.costs import COST_CATEGORIES
 from factkeep.training.examples import QACollator, QADataset, encode_fact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,12 @@ def test_self_distill_runs_both_phases_with_the_snapshot_teacher(files, tmp_path
     assert res["teacher_forwards"] == 6  # once per main-phase batch, never in the format phase
     history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
     assert any("train_loss_kl_to_teacher" in h for h in history)
+    cost = res["cost_seconds"]
+    assert list(cost) == list(COST_CATEGORIES)
+    assert cost["teacher"] > 0 and cost["evaluation"] > 0 and cost["steps"] > 0
+    assert cost["checkpoints"] > 0  # one checkpoint per epoch of each phase
+    assert cost["teacher_cache"] == 0
+    assert sum(cost.values()) <= res["seconds"] + 0.5  # parts of the run's time, rounded
 
 
 def test_cached_teacher_runs_the_teacher_once_per_cache_batch_not_per_step(files, tmp_path) -> None:
@@ -149,6 +156,8 @@ def test_cached_teacher_runs_the_teacher_once_per_cache_batch_not_per_step(files
     assert (out / "teacher_cache" / "main.safetensors").is_file()
     history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
     assert any(h.get("train_loss_kl_to_teacher", 0) > 0 for h in history)
+    cost = res["cost_seconds"]
+    assert cost["teacher_cache"] > 0 and cost["teacher"] == 0  # no forward during the steps
     bad = tmp_path / "bad"
     assert main(_args(files, bad, "self_distill_cached", "teacher.kind=ema")) == 2
     assert not bad.exists()

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class Teacher:
         model.requires_grad_(False)
         self.model = model
         self.forward_calls = 0
+        self.forward_seconds = 0.0
 
     @classmethod
     def from_pretrained(
@@ -59,9 +61,14 @@ class Teacher:
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits ``(B, T, V)`` for a batch."""
+        """The teacher's logits ``(B, T, V)`` for a batch (counted in ``forward_calls`` and timed
+        in ``forward_seconds``; on a GPU after a synchronize, so that the time is the forward's)."""
         self.forward_calls += 1
+        start = time.perf_counter()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if out.logits.is_cuda:
+            torch.cuda.synchronize(out.logits.device)
+        self.forward_seconds += time.perf_counter() - start
         return out.logits  # (B, T, V)
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -48,6 +48,7 @@ from factkeep.configs import resolve_config_path
 from factkeep.data.facts import read_facts, write_facts
 from factkeep.data.world import WorldSpec
 from factkeep.errors import FactkeepError
+from factkeep.eval.document import md_table
 from factkeep.models.tiny import TinyModelConfig
 from factkeep.rundir import atomic_write_json, atomic_write_text
 from factkeep.study.data import EntityQuestionsCommandConfig, run_entityquestions
@@ -55,6 +56,7 @@ from factkeep.study.probe import ProbeCommandConfig, run_probe
 from factkeep.study.split import SplitCommandConfig, run_split
 from factkeep.study.world import WorldCommandConfig, run_world
 from factkeep.training.config import TrainCommandConfig
+from factkeep.training.costs import COST_CATEGORIES
 from factkeep.training.pretrain import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ def laptop_world() -> WorldSpec:
     answers ~98% of the biography-only people's questions."""
     return WorldSpec(n_qa=200, n_bio=200, n_unseen=100)
 
+
+SPLIT_COLUMNS = ("d_known", "d_unknown", "d_held")
+"""The splits of the comparison table's accuracy columns."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "laptop": {},
@@ -212,7 +217,10 @@ class DemoConfig:
         DEMO_METHODS, "Method configs to train (names of factkeep/configs/*.yaml)."
     )
     train_overrides: list[str] = help_field(
-        [], "Extra 'key=value' options for every training run (e.g. optim.epochs=10)."
+        [],
+        "Extra 'key=value' options for every training run (e.g. optim.epochs=10); "
+        "'METHOD:key=value' for the runs of one method only (e.g. "
+        "self_distill_nontarget:loss.kl_weight=3).",
     )
     seed: int = help_field(0, "Seed of the splits and of training.")
     seeds: list[int] = help_field([], "Training seeds (empty = [seed]); runs are <method>_s<seed>.")
@@ -339,24 +347,38 @@ def _cost(cfg: TrainCommandConfig) -> int:
 
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: method x final accuracy per split and forgetting of D_held."""
-    lines = [
-        "| method | D_known | D_unknown | D_held | forgetting (95% CI) | time |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for method, r in results.items():
         final = r["final"]
         ci = r.get("ci95", {}).get("forgetting")
         interval = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
-        lines.append(
-            f"| {method} | {final.get('d_known', float('nan')):.3f} | "
-            f"{final.get('d_unknown', float('nan')):.3f} | {final.get('d_held', float('nan')):.3f} "
-            f"| {r['forgetting']:.1%}{interval} | {r['seconds']:.0f} s |"
+        accuracies = [f"{final.get(name, float('nan')):.3f}" for name in SPLIT_COLUMNS]
+        rows.append(
+            [method, *accuracies, f"{r['forgetting']:.1%}{interval}", f"{r['seconds']:.0f} s"]
         )
+    header = ["method", "D_known", "D_unknown", "D_held", "forgetting (95% CI)", "time"]
+    table = md_table(header, rows)
     sizes = next((r["n_facts"] for r in results.values() if r.get("n_facts")), None)
     if sizes:
         counts = ", ".join(f"{name} {n}" for name, n in sorted(sizes.items()))
-        lines.append(f"\nFacts per split: {counts}; 95% CI: bootstrap over D_held's facts.")
-    return "\n".join(lines)
+        table += f"\n\nFacts per split: {counts}; 95% CI: bootstrap over D_held's facts."
+    return table
+
+
+def cost_table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: where each run's time went (``cost_seconds`` of its results.json)."""
+    rows = [
+        [
+            method,
+            *(f"{r['cost_seconds'].get(k, 0.0):.0f}" for k in COST_CATEGORIES),
+            f"{r['seconds']:.0f}",
+        ]
+        for method, r in results.items()
+        if r.get("cost_seconds")
+    ]
+    if not rows:
+        return ""
+    return md_table(["seconds", *COST_CATEGORIES, "total"], rows)
 
 
 Job = tuple[int, str, TrainCommandConfig, str]
@@ -504,6 +526,38 @@ def split_stage(cfg: DemoConfig, out: Path, categories: Path) -> SplitCommandCon
     return split_cfg
 
 
+def _overrides_for(method: str, overrides: list[str]) -> list[str]:
+    """The ``train_overrides`` that apply to ``method``: plain ``key=value`` ones and its own
+    ``METHOD:key=value`` ones (a ``:`` before the first ``=`` names the method)."""
+    chosen = []
+    for item in overrides:
+        scope, sep, rest = item.partition(":")
+        if sep and "=" not in scope:
+            if scope == method:
+                chosen.append(rest)
+        else:
+            chosen.append(item)
+    return chosen
+
+
+def check_overrides(cfg: DemoConfig) -> None:
+    """Check the methods and ``train_overrides`` before any stage runs: every method resolves
+    with its overrides, and a ``METHOD:key=value`` override names one of the study's methods."""
+    for item in cfg.train_overrides:
+        scope, sep, _ = item.partition(":")
+        if sep and "=" not in scope and scope not in cfg.methods:
+            raise ConfigError(
+                f"train_overrides: '{item}' is for method '{scope}', which is not in methods "
+                f"({', '.join(cfg.methods)})"
+            )
+    for method in cfg.methods:
+        resolve_config(
+            TrainCommandConfig,
+            resolve_config_path(method),
+            ["model=the-study-model", *_overrides_for(method, cfg.train_overrides)],
+        ).validate()
+
+
 def _train_configs(
     cfg: DemoConfig, out: Path, source: Source, split_cfg: SplitCommandConfig
 ) -> list[tuple[str, TrainCommandConfig]]:
@@ -526,7 +580,7 @@ def _train_configs(
                     f"optim.lr={cfg.lr}",
                     f"eval.every_epochs={cfg.eval_every_epochs}",
                     "progress=false",
-                    *cfg.train_overrides,
+                    *_overrides_for(method, cfg.train_overrides),
                 ],
             )
             runs.append((name, train_cfg))
@@ -593,7 +647,9 @@ def report_stage(cfg: DemoConfig, out: Path, results: dict[str, dict[str, Any]])
     from factkeep.eval.report import build_report, load_run
 
     table = comparison_table(results)
-    atomic_write_text(out / "summary.md", table + "\n")
+    costs = cost_table(results)
+    where = f"\n\nWhere the time went (seconds per run):\n\n{costs}" if costs else ""
+    atomic_write_text(out / "summary.md", table + where + "\n")
     report = out / "report.html"
     print(f"\n[demo] 5/5 report -> {report}")
     title = "factkeep demo: learning new facts vs forgetting known ones"
@@ -606,6 +662,7 @@ def report_stage(cfg: DemoConfig, out: Path, results: dict[str, dict[str, Any]])
 def run_demo(cfg: DemoConfig) -> int:
     """Run ``factkeep demo``: returns the exit code."""
     cfg = apply_preset(cfg)
+    check_overrides(cfg)
     out = Path(cfg.out)
     laps = _Laps()
     on_world = cfg.source == "world"

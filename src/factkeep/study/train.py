@@ -45,6 +45,7 @@ def train_summary(cfg: TrainCommandConfig, result: TrainResult) -> dict[str, Any
         "stopped_early_at": result.stopped_early_at,
         "phases": result.phases,
         "seconds": result.seconds,
+        "cost_seconds": result.cost_seconds,
         "model_dir": str(result.model_dir),
     }
 

@@ -17,6 +17,7 @@ evaluations.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.methods.teacher import Teacher
 from factkeep.probing.accuracy import accuracy, answer_facts
 from factkeep.rundir import atomic_write_jsonl
+from factkeep.training.costs import CostMeter
 
 __all__ = ["EMACallback", "SplitEvalCallback", "read_metrics", "trim_metrics"]
 
@@ -75,6 +77,7 @@ class SplitEvalCallback(TrainerCallback):
         max_new_tokens: int = 16,
         patience: int = 0,
         min_delta: float = 0.0,
+        meter: CostMeter | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.eval_sets = {k: list(v) for k, v in eval_sets.items()}
@@ -90,6 +93,7 @@ class SplitEvalCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.patience = patience
         self.min_delta = min_delta
+        self.meter = meter
         self.best_dev = float("-inf")
         self.bad_evals = 0
         self.last_step = -1
@@ -156,7 +160,8 @@ class SplitEvalCallback(TrainerCallback):
         if state.global_step == self.last_step:
             return
         if state.is_world_process_zero:  # under DDP, one process evaluates and writes
-            row = self.evaluate(model, state.global_step, state.epoch or 0.0)
+            with self.meter.measure("evaluation") if self.meter else contextlib.nullcontext():
+                row = self.evaluate(model, state.global_step, state.epoch or 0.0)
             self._maybe_stop(row, control)
         self.last_step = state.global_step
         if _world_size() > 1:  # every process must stop at the same step

@@ -51,6 +51,7 @@ from factkeep.training.callbacks import (
     trim_metrics,
 )
 from factkeep.training.config import TrainCommandConfig
+from factkeep.training.costs import CostCallback, CostMeter
 from factkeep.training.examples import QACollator, QADataset, ReplayMix
 from factkeep.training.trainer import FactTrainer
 
@@ -89,6 +90,7 @@ class TrainResult:
     teacher_forwards: int = 0
     stopped_early_at: int | None = None
     phases: list[str] = field(default_factory=list)
+    cost_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _load_sets(entries: Sequence[str], splits_dir: str) -> list[Fact]:
@@ -284,9 +286,11 @@ class _Runner:
     def __init__(self, cfg: TrainCommandConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.model, self.tokenizer = load_model_and_tokenizer(
-            cfg.model, dtype=cfg.dtype, device=_device(cfg.device), gguf_file=cfg.gguf_file
-        )
+        self.meter = CostMeter()
+        with self.meter.measure("load"):
+            self.model, self.tokenizer = load_model_and_tokenizer(
+                cfg.model, dtype=cfg.dtype, device=_device(cfg.device), gguf_file=cfg.gguf_file
+            )
         self.collator = QACollator(int(self.tokenizer.pad_token_id))
         eval_names = list(cfg.data.eval)
         if cfg.eval.patience > 0 and cfg.eval.dev not in eval_names:
@@ -325,7 +329,10 @@ class _Runner:
         if kind == "ema" and last_checkpoint and (Path(last_checkpoint) / EMA_TEACHER_DIR).is_dir():
             source = Path(last_checkpoint) / EMA_TEACHER_DIR
         gguf = cfg.gguf_file if source == cfg.model else None
-        return Teacher.from_pretrained(source, device=args.device, dtype=cfg.dtype, gguf_file=gguf)
+        with self.meter.measure("load"):
+            return Teacher.from_pretrained(
+                source, device=args.device, dtype=cfg.dtype, gguf_file=gguf
+            )
 
     def terms(self, phase: _Phase, teacher: Teacher | None) -> list[LossTerm]:
         loss = self.cfg.loss
@@ -388,6 +395,15 @@ class _Runner:
             _barrier()
             return TeacherCache.load(path)
         start = time.perf_counter()
+        with self.meter.measure("teacher_cache"):
+            cache = self._build_cache(teacher, sequences, path)
+        self.result.teacher_forwards += teacher.forward_calls
+        teacher.forward_calls, teacher.forward_seconds = 0, 0.0
+        log.info("teacher cache built in %.1f s", time.perf_counter() - start)
+        return cache
+
+    def _build_cache(self, teacher: Teacher, sequences: list[Any], path: Path) -> TeacherCache:
+        cfg = self.cfg
         cache = TeacherCache.build(
             teacher,
             sequences,
@@ -399,9 +415,6 @@ class _Runner:
         )
         cache.save(path)
         _barrier()
-        self.result.teacher_forwards += teacher.forward_calls
-        teacher.forward_calls = 0
-        log.info("teacher cache built in %.1f s", time.perf_counter() - start)
         return cache
 
     def prepare_model(self, phase: _Phase) -> None:
@@ -424,8 +437,9 @@ class _Runner:
         if hasattr(model, "merge_and_unload"):  # LoRA: save a plain model with merged adapters
             model = model.merge_and_unload()
             self.model = model
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        with self.meter.measure("save"):
+            model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
 
     def run_phase(self, phase: _Phase, step_offset: int, first: bool) -> int:
         """Train one phase (resuming from its last checkpoint); returns its optimiser steps."""
@@ -465,12 +479,14 @@ class _Runner:
             batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens,
             patience=cfg.eval.patience if phase.main else 0,
+            meter=self.meter,
         )
         rows = read_metrics(out / "metrics.jsonl")
         eval_cb.restore([r for r in rows if r["phase"] == phase.name])
         callbacks: list[Any] = [eval_cb]
         if teacher is not None and cfg.teacher.kind == "ema":
             callbacks.append(EMACallback(teacher, cfg.teacher.ema_decay))
+        callbacks.append(CostCallback(self.meter))  # last: books the whole checkpoint write
         terms = self.terms(phase, teacher)
         cache = None
         if teacher is not None and cfg.teacher.cache_top_k > 0 and phase.main:
@@ -499,10 +515,13 @@ class _Runner:
             f", resuming from {last}" if last else "",
         )
         start = time.perf_counter()
+        before = dict(self.meter.seconds)
         trainer.train(resume_from_checkpoint=last)
         steps = trainer.state.global_step
         if teacher is not None:
             self.result.teacher_forwards += teacher.forward_calls
+            self.meter.add("teacher", teacher.forward_seconds)
+        self.meter.training_loop(time.perf_counter() - start, before)
         if eval_cb.stopped_early_at is not None:
             self.result.stopped_early_at = eval_cb.stopped_early_at
         final = phase.name == self.result.phases[-1]
@@ -555,11 +574,13 @@ def train(cfg: TrainCommandConfig) -> TrainResult:
             final = i == len(phases) - 1
             stale_from = out / "model" if final else out / "phases" / phase.name / "model"
         elif stale_from is not None:
-            runner.model, _ = load_model_and_tokenizer(
-                str(stale_from), dtype=cfg.dtype, device=_device(cfg.device)
-            )
+            with runner.meter.measure("load"):
+                runner.model, _ = load_model_and_tokenizer(
+                    str(stale_from), dtype=cfg.dtype, device=_device(cfg.device)
+                )
             stale_from = None
         offset += runner.run_phase(phase, offset, first=i == 0)
     runner.result.seconds = round(time.perf_counter() - start, 2)
+    runner.result.cost_seconds = runner.meter.as_dict()
     runner.result.metrics = read_metrics(out / "metrics.jsonl")
     return runner.result
