@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format slow clean models
+.PHONY: setup demo test quick lint format clean models
 
 setup: $(VENV)/.installed
 
@@ -36,8 +36,8 @@ lint: setup
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-slow: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+quick: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 format: setup
 	$(BIN)/ruff format src tests bench

@@ -23,7 +23,8 @@ SMALL = WorldSpec(
 )
 SHAPE = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 # A quick probe for a random model (it never stops early), one thread, no bar.
-FAST = ["n_prompts=2", "num_samples=2", "max_new_tokens=2", "progress=false", "threads=1"]
+FAST = ["probe.n_prompts=2", "probe.num_samples=2", "probe.max_new_tokens=2"]
+FAST += ["probe.progress=false", "threads=1"]
 OUTPUTS = ["audit.json", "config.yaml", "env.json", "exposed.jsonl", "summary.md"]
 OUTPUTS = sorted([*OUTPUTS, "train_categories.jsonl"])
 
@@ -110,7 +111,7 @@ def test_audit_end_to_end(files, tmp_path, capsys) -> None:
     probed = read_facts(out / "train_categories.jsonl")
     assert len(probed) == 40 and all(f.category in CATEGORIES for f in probed)
     assert all(len(f.meta["probe"]["greedy_answers"]) == 2 for f in probed)
-    assert yaml.safe_load((out / "config.yaml").read_text())["preset"] == "cheap"
+    assert yaml.safe_load((out / "config.yaml").read_text())["probe"]["preset"] == "cheap"
     summary = (out / "summary.md").read_text()
     assert f"{100 * doc['unknown_share']:.1f}% of this set" in summary
     assert "| 1 | planted |" in summary and "self_distill" in summary
@@ -181,6 +182,13 @@ def test_no_unknown_training_fact(files, tmp_path) -> None:
     assert "--config sft" in (out / "summary.md").read_text()
 
 
+def test_probe_options_are_a_section(capsys) -> None:
+    assert main(["audit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "probe.preset (original|cheap|fast, default: 'cheap')" in text
+    assert "probe.batch_size" in text and "\n  batch_size" not in text
+
+
 def test_scoring_helpers() -> None:
     rows = [{"id": "a", "relation": "r1", "x": 1.0}, {"id": "b", "relation": "r2", "x": 1.0}]
     ranked = rank_by_score([*rows, {"id": "c"}], [0.5, 0.5, 0.9])
@@ -209,14 +217,16 @@ def test_scoring_helpers() -> None:
         (["train={train},{train}"], 1, "duplicate id"),
         (["known=d_held"], 2, "set splits="),
         (["against=some"], 2, "against"),
-        (["preset=huge"], 2, "preset"),
-        (["n_prompts=0"], 2, "n_prompts must be >= 1"),
+        (["probe.preset=huge"], 2, "probe.preset"),
+        (["probe.n_prompts=0"], 2, "n_prompts must be >= 1"),
+        (["probe.batch_size=0"], 2, "probe.batch_size must be >= 1"),
+        (["batch_size=8"], 2, "did you mean 'probe.batch_size'"),
         (["top_n=0"], 2, "top_n must be >= 1"),
         (["layer=3"], 2, "layer must be in [0, 2] for this model"),
         (["known_categories=Known"], 2, "known_categories"),
         (["known_categories=HighlyKnown"], 2, "needs probed known facts"),
         (["reuse_categories=true"], 2, "have no category"),
-        (["exemplars={splits}/d_held.jsonl", "k_exemplars=9"], 1, "exemplar(s) in"),
+        (["exemplars={splits}/d_held.jsonl", "probe.k_exemplars=9"], 1, "exemplar(s) in"),
         (["regression=/nonexistent/regression.json"], 2, "regression: file not found"),
         (["regression={reg_column}"], 2, "'activation_overlap'"),
         (["regression={reg_skipped}"], 2, "holds no fitted regression (single class)"),

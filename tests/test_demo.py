@@ -89,33 +89,30 @@ def test_presets_fill_only_the_options_left_at_their_defaults() -> None:
 
 @pytest.mark.slow
 def test_full_demo_shows_the_papers_directions(tmp_path) -> None:
-    """The default demo (3.5 to 8 minutes on 2 CPU cores): SFT forgets, known-only does not,
-    self-distillation forgets clearly less than SFT while learning as many new facts, and with the
-    non-target KL at most a quarter as much; training attention only learns far fewer new facts
-    (seed 0 measured on two machines: forgetting 11.4 / 16.2%, 0.2 / 0.0%, 6.4 / 6.4%,
-    2.0 / 2.2%; attention-only new facts 36 / 35%)."""
+    """The default demo, end to end (3.5 to 8 minutes on 2 CPU cores), shows the paper's
+    directions: SFT forgets known facts, training on the known facts only does not (at most 3%),
+    self-distillation forgets less than SFT while learning nearly as many new facts, and training
+    attention only learns far fewer new facts. Seed 0 measured on two machines: forgetting SFT
+    11.4 / 16.2%, known-only 0.2 / 0.0%, self-distillation 6.4 / 6.4%; attention-only learns
+    36 / 35% of the new facts, SFT 100%. The bounds leave room for another CPU's arithmetic."""
     out = tmp_path / "demo"
     assert main(["demo", f"out={out}"]) == 0
-    methods = ("sft", "known_only", "self_distill", "self_distill_nontarget")
-    res = {
-        m: json.loads((out / "runs" / m / "results.json").read_text())
-        for m in (*methods, "freeze_attention_only")
-    }
+    methods = ("sft", "known_only", "self_distill", "freeze_attention_only")
+    res = {m: json.loads((out / "runs" / m / "results.json").read_text()) for m in methods}
     sft_new = res["sft"]["final"]["d_unknown"]
-    assert res["sft"]["forgetting"] >= 0.10
-    assert res["known_only"]["forgetting"] <= 0.05
-    assert res["self_distill"]["forgetting"] <= 0.6 * res["sft"]["forgetting"]
+    assert res["sft"]["forgetting"] >= 0.05
+    assert res["known_only"]["forgetting"] <= 0.03
+    assert res["self_distill"]["forgetting"] < res["sft"]["forgetting"]
     assert res["self_distill"]["final"]["d_unknown"] >= 0.9 * sft_new
-    assert res["self_distill_nontarget"]["forgetting"] <= 0.25 * res["sft"]["forgetting"]
-    assert res["self_distill_nontarget"]["final"]["d_unknown"] >= 0.9 * sft_new
     assert res["freeze_attention_only"]["final"]["d_unknown"] <= 0.5 * sft_new
     assert (out / "report.html").is_file()
+    assert "| self_distill |" in (out / "summary.md").read_text()
 
 
 def test_worker_plan_shares_the_cores() -> None:
-    from factkeep.study.demo import _cpu_cores, worker_plan
+    from factkeep.study.jobs import cpu_cores, worker_plan
 
-    cores = _cpu_cores()
+    cores = cpu_cores()
     assert worker_plan(jobs=1, threads=0, pending=6, on_gpu=False) == (1, 0)  # torch's default
     assert worker_plan(jobs=0, threads=0, pending=6, on_gpu=True) == (1, 0)
     assert worker_plan(jobs=3, threads=0, pending=2, on_gpu=False) == (2, max(1, cores // 2))

@@ -15,11 +15,13 @@ from factkeep.cli import main
 from factkeep.data.facts import HIGHLY_KNOWN, UNKNOWN, Fact, read_facts, write_facts
 from factkeep.data.world import WorldSpec, build_world
 from factkeep.errors import DataError
+from factkeep.eval.document import text_table
 from factkeep.eval.evaluate import evaluate_sets
 from factkeep.eval.gekhman import fitted_fractions, linear_fit
 from factkeep.eval.gekhman import main as gekhman_main
 from factkeep.models.tiny import TinyModelConfig, build_tiny_model
 from factkeep.models.tokenizer import build_word_tokenizer
+from factkeep.study.eval import format_relation_table, format_split_accuracy_table
 
 SMALL = WorldSpec(
     n_first_names=20, n_last_names=30, values_per_relation=25, n_qa=12, n_bio=8, n_unseen=8
@@ -162,6 +164,43 @@ def _row(step: int, known: float, unknown: float, held: float) -> dict[str, Any]
         "acc": {"d_known": known, "d_unknown": unknown, "d_held": held},
         "n": {"d_known": 4, "d_unknown": 6, "d_held": 5},
     }
+
+
+def test_accuracy_tables_are_aligned() -> None:
+    known, held = {"n": 24, "accuracy": 0.5}, {"n": 3, "accuracy": 1 / 3}
+    metrics = {
+        "d_known": {**known, "per_relation": {"born": known}},
+        "d_held": {**held, "per_relation": {"a_long_relation": held}},
+    }
+    assert format_split_accuracy_table(metrics).splitlines() == [
+        "split          n  accuracy",
+        "--------------------------",
+        "d_known       24    0.5000",
+        "d_held         3    0.3333",
+    ]
+    assert format_relation_table(metrics).splitlines() == [
+        "relation                 d_known           d_held",
+        "-------------------------------------------------",
+        "a_long_relation                        0.3333 (3)",
+        "born                 0.5000 (24)                 ",
+    ]
+
+
+def test_text_table_widths_alignment_and_short_rows() -> None:
+    rows = [["a", "1", "22"], ["bbbbb", "333", "4"], ["c", "a note past its column"], ["total"]]
+    assert text_table(["name", "x", "y"], rows, min_widths=[0, 2]).splitlines() == [
+        "name    x  y",
+        "------------",
+        "a       1 22",
+        "bbbbb 333  4",
+        "c     a note past its column",
+        "total",
+    ]
+    assert text_table(["k", "v"], [["a", "b"]], align="rl") == "k v\n---\na b"
+    with pytest.raises(ValueError, match="cells"):
+        text_table(["k"], [["a", "b"]])
+    with pytest.raises(ValueError, match="align"):
+        text_table(["k", "v"], [], align="l")
 
 
 def test_fitted_fractions_of_a_run(tmp_path) -> None:

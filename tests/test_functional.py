@@ -198,7 +198,7 @@ def test_masked_positions_contribute_nothing(direction, top_k):
     assert torch.all(student.grad[~mask] == 0)
     assert student.grad[mask].abs().sum() > 0
 
-    noise = 10 * torch.randn(student.shape)
+    noise = 10 * torch.randn(student.shape, generator=torch.Generator().manual_seed(2))
     other_student = torch.where(mask[..., None], student.detach(), noise)
     other_teacher = torch.where(mask[..., None], teacher, -noise)
     other = tempered_kl(
@@ -271,7 +271,8 @@ def test_empty_mask_gives_zero_with_a_gradient_path():
 
 def test_zero_weight_distillation_leaves_the_sft_loss_unchanged():
     student, teacher, mask = _random_case(8)
-    labels = torch.randint(0, student.shape[-1], student.shape[:2])
+    gen = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, student.shape[-1], student.shape[:2], generator=gen)
     labels[~mask] = IGNORE_INDEX
     sft = masked_nll(student, labels)
     combined = masked_nll(student, labels) + 0.0 * distillation_loss(
@@ -310,7 +311,7 @@ def test_masked_nll_hand_value_and_bf16():
 
 
 def test_masked_nll_with_no_target_is_zero_with_a_gradient_path():
-    logits = torch.randn(2, 3, 5, requires_grad=True)
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
     labels = torch.full((2, 3), IGNORE_INDEX)
     loss = masked_nll(logits, labels)
     assert loss.item() == 0.0
@@ -400,7 +401,7 @@ def test_tempered_kl_rejects_bad_shapes():
 
 
 def test_shift_for_next_token():
-    logits = torch.randn(2, 5, 7)
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(10).reshape(2, 5)
     shifted_logits, shifted_labels = shift_for_next_token(logits, labels)
     assert shifted_logits.shape == (2, 4, 7)

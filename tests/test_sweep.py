@@ -1,4 +1,5 @@
-"""``factkeep sweep``: a tiny grid, serial and on a local Ray, resumed, reported; bad grids."""
+"""``factkeep sweep``: a tiny grid, serial, in local workers and on a local Ray, resumed,
+reported; bad grids."""
 
 from __future__ import annotations
 
@@ -91,6 +92,18 @@ def test_ray_sweep_matches_serial(files, serial) -> None:
     trials = _trials(out)
     assert sorted(trials) == NAMES and {t["status"] for t in trials.values()} == {"done"}
     for name in NAMES:
+        trace = _trace(out / name)
+        assert any(key == "train_loss" for _, key, _ in trace) and trace == _trace(serial / name)
+
+
+def test_local_sweep_in_worker_processes_matches_serial(files, serial) -> None:
+    out = files["root"] / "local"
+    grid = _grid(files, out, backend="local", max_concurrent=2, threads_per_trial=1)
+    assert main(["sweep", "--config", str(grid)]) == 0
+    trials = _trials(out)
+    assert sorted(trials) == NAMES and {t["status"] for t in trials.values()} == {"done"}
+    for name in NAMES:
+        assert (out / name / "train.log").is_file()  # a worker's output goes to its run folder
         trace = _trace(out / name)
         assert any(key == "train_loss" for _, key, _ in trace) and trace == _trace(serial / name)
 

@@ -99,9 +99,10 @@ def _examples(tok) -> list[dict]:
 def test_cached_loss_matches_the_exact_loss_on_a_tiny_model(tiny, tmp_path) -> None:
     model, tok = tiny
     teacher = Teacher(copy.deepcopy(model))
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in teacher.model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+            p.add_(0.3 * torch.randn(p.shape, generator=gen).to(p))
     examples = _examples(tok)
     vocab = model.config.vocab_size
     cache = TeacherCache.build(

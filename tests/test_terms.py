@@ -64,9 +64,10 @@ def test_l2_control_sets_mu_so_gradient_norms_match(tiny) -> None:
     model, tok = tiny
     teacher = Teacher(copy.deepcopy(model))
     student = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in student.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p))
     batch = _batch(tok)
     kl = KLToTeacher(weight=1.0, temperature=0.5)
     anchor = {n: p.clone() for n, p in teacher.named_parameters()}
@@ -152,9 +153,10 @@ def test_forgetting_is_the_relative_decline_from_the_peak() -> None:
 def _perturbed_teacher(model: torch.nn.Module) -> Teacher:
     """A teacher that disagrees with ``model``: a copy with noise added to every weight."""
     other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in other.parameters():
-            p.add_(0.5 * torch.randn_like(p))
+            p.add_(0.5 * torch.randn(p.shape, generator=gen).to(p))
     return Teacher(other)
 
 

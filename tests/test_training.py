@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +16,15 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from factkeep.cli import main
-from factkeep.data.facts import write_facts
+from factkeep.config import resolve_config
+from factkeep.data.facts import read_facts, write_facts
 from factkeep.data.world import WorldSpec, build_world
 from factkeep.models.tiny import TinyModelConfig, build_tiny_model
 from factkeep.models.tokenizer import build_word_tokenizer
+from factkeep.training.config import TrainCommandConfig
 from factkeep.training.costs import COST_CATEGORIES
 from factkeep.training.examples import QACollator, QADataset, encode_fact
 
@@ -73,11 +77,7 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_examples_mask_the_prompt_and_end_with_eos(files) -> None:
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(files["llama"])
-    from factkeep.data.facts import read_facts
-
     fact = read_facts(files["splits"] / "d_known.jsonl")[0]
     ex = encode_fact(tok, fact)
     answer = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
@@ -113,8 +113,6 @@ def test_sft_end_to_end_writes_the_run_folder(files, tmp_path, capsys) -> None:
     assert res["forgetting"] is not None and 0.0 <= res["forgetting"] <= 1.0
     history = json.loads((out / "phases" / "main" / "done.json").read_text())["log_history"]
     assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     AutoModelForCausalLM.from_pretrained(out / "model")
     AutoTokenizer.from_pretrained(out / "model")
     assert "forgetting of d_held" in capsys.readouterr().out
@@ -307,6 +305,63 @@ def test_sigkill_then_resume_reaches_the_same_final_metrics(files, tmp_path) -> 
     assert _results(out)["final"] == _results(ref)["final"]
 
 
+def _killed_after_checkpoint(out: Path, checkpoint: int, rows: list[dict]) -> None:
+    """Put a finished single-phase run back where a kill right after its main-phase
+    ``checkpoint-N`` was saved leaves it: later checkpoints, the evaluations from step N on and
+    everything written at the end of the phase are gone."""
+    for folder in (out / "checkpoints" / "main").glob("checkpoint-*"):
+        if int(folder.name.split("-")[-1]) > checkpoint:
+            shutil.rmtree(folder)
+    (out / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["step"] < checkpoint)
+    )
+    for row in rows:
+        if row["step"] >= checkpoint:
+            (out / "samples" / f"step-{row['step']:06d}.jsonl").unlink()
+    shutil.rmtree(out / "model")
+    (out / "phases" / "main" / "done.json").unlink()
+    (out / "results.json").unlink()
+
+
+def test_resume_makes_the_evaluation_an_interruption_lost(files, tmp_path) -> None:
+    """The Trainer saves a step checkpoint before the epoch-end evaluation of the same step, and
+    evaluates the end of training after its last checkpoint: a run killed in between resumes at
+    an evaluation point with no metrics row, and must evaluate it before training on."""
+    out = tmp_path / "run"
+    extra = ["optim.lr=1e-2", "save_every_steps=3", "save_total_limit=10", "keep_checkpoints=true"]
+    assert main(_args(files, out, "sft", *extra)) == 0
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [0, 6, 12]  # 6 steps an epoch, checkpoints every 3
+    samples = {p.name: p.read_text() for p in (out / "samples").glob("*.jsonl")}
+    model = load_file(out / "model" / "model.safetensors")
+    for checkpoint in (12, 6):  # the end of training, then the end of the first epoch
+        _killed_after_checkpoint(out, checkpoint, rows)
+        assert main(_args(files, out, "sft", *extra)) == 0
+        assert _metrics(out) == rows, f"resumed from checkpoint-{checkpoint}"
+        assert {p.name: p.read_text() for p in (out / "samples").glob("*.jsonl")} == samples
+        resumed = load_file(out / "model" / "model.safetensors")
+        assert all(torch.equal(model[k], resumed[k]) for k in model)
+
+
+def test_resume_after_an_early_stop_trains_no_further(files, tmp_path) -> None:
+    """Killed after early stopping decided to stop but before the phase was marked done, the run
+    ends at its checkpoint instead of training on; so does a run killed between the checkpoint
+    and the evaluation that stops it (lr 0: dev accuracy never improves, so patience 1 stops at
+    the first epoch's end, step 6, where a checkpoint is saved first)."""
+    out = tmp_path / "early"
+    extra = ["optim.lr=0", "optim.epochs=4", "eval.patience=1", "save_every_steps=3"]
+    extra += ["save_total_limit=10", "keep_checkpoints=true"]
+    assert main(_args(files, out, "early_stopping", *extra)) == 0
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [0, 6] and _results(out)["stopped_early_at"] == 6
+    for checkpoint in (7, 6):  # both evaluations written; the stopping one lost
+        _killed_after_checkpoint(out, checkpoint, rows)
+        assert main(_args(files, out, "early_stopping", *extra)) == 0
+        assert _metrics(out) == rows, f"killed after checkpoint {checkpoint}"
+        assert _results(out)["stopped_early_at"] == 6
+        assert json.loads((out / "phases" / "main" / "done.json").read_text())["steps"] == 6
+
+
 def test_resuming_with_another_config_is_refused(files, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(_args(files, out, "sft", "optim.epochs=1")) == 0
@@ -344,9 +399,6 @@ def test_bad_options_exit_nonzero_with_a_message(files, tmp_path, capsys, extra,
 
 
 def test_shipped_configs_are_valid(files) -> None:
-    from factkeep.config import resolve_config
-    from factkeep.training.config import TrainCommandConfig
-
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     assert {"sft", "known_only", "self_distill", "freeze_attention_only", "l2_anchor"} <= set(names)
     for name in names:

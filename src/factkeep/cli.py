@@ -13,6 +13,7 @@ module that reads ``sys.argv``; each command's implementation is imported only w
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import sys
@@ -21,7 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from factkeep import __version__
 from factkeep.config import ConfigError, iter_options, resolve_config
+from factkeep.configs import resolve_config_path
 from factkeep.errors import FactkeepError
 
 log = logging.getLogger("factkeep")
@@ -190,8 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from factkeep import __version__
-
         print(f"factkeep {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
@@ -202,8 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"factkeep {name}: give one of: {', '.join(group)}\n\n{_usage()}", file=sys.stderr)
         return 2
     if name not in COMMANDS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(COMMANDS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         print(f"factkeep: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
@@ -221,8 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(command_help(name, config_cls))
             return 0
         if config_path:
-            from factkeep.configs import resolve_config_path
-
             config_path = resolve_config_path(config_path)
         cfg = resolve_config(config_cls, config_path, overrides)
         runner: Callable[[Any], int | None] = _load(cmd.runner)

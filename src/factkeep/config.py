@@ -268,5 +268,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_saved_config(cls: type[T], path: str | Path) -> T:
-    """Read a config written by :func:`factkeep.rundir.save_config` back into its dataclass."""
-    return resolve_config(cls, yaml_path=path)
+    """Read a config written by :func:`factkeep.rundir.save_config` back into its dataclass.
+
+    Raises:
+        ConfigError: the file is unreadable, or holds an unknown option or a value of the wrong
+            type; the message names the file.
+    """
+    try:
+        return resolve_config(cls, yaml_path=path)
+    except ConfigError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -105,7 +105,7 @@ def environment_info(seed: int | None = None) -> dict[str, Any]:
             versions[name] = None
     device = "cpu"
     try:
-        import torch
+        import torch  # lazily: slow to import, and the light commands' modules import this one
 
         if torch.cuda.is_available():
             device = f"cuda ({torch.cuda.get_device_name(0)})"

@@ -45,6 +45,7 @@ from factkeep.data.facts import Fact, read_jsonl_objects
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
 from factkeep.probing.scoring import match_key
+from factkeep.training.examples import QACollator, encode_fact
 
 __all__ = [
     "FEATURE_NAMES",
@@ -150,8 +151,6 @@ def answer_confidence(
     Each fact is encoded as in training (``prompt + " answer" + EOS``, loss tokens = the answer
     and EOS); the result is ``exp(mean log p(token))`` over those tokens.
     """
-    from factkeep.training.examples import QACollator, encode_fact
-
     model.eval()
     device = next(model.parameters()).device
     examples = [encode_fact(tokenizer, fact, template) for fact in facts]

@@ -147,11 +147,95 @@ def _independent_columns(X: np.ndarray, names: Sequence[str]) -> tuple[list[int]
 
 
 def _sigmoid(eta: np.ndarray) -> np.ndarray:
+    """The logistic function, without overflow."""
     return 0.5 * (1.0 + np.tanh(0.5 * eta))  # no overflow for large |eta|
 
 
 def _log_likelihood(eta: np.ndarray, y: np.ndarray) -> float:
+    """The Bernoulli log-likelihood of ``y`` at log-odds ``eta``."""
     return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+
+def _checked(X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` and ``y`` as float arrays, checked.
+
+    Raises:
+        ValueError: shapes disagree, ``y`` is not 0/1 or has a single class, a value is not
+            finite, or ``n == 0``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[1] != len(names):
+        raise ValueError(f"shapes disagree: X {X.shape}, y {y.shape}, {len(names)} names")
+    if X.shape[0] == 0:
+        raise ValueError("no observations")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("y must hold only 0 and 1")
+    if not np.isfinite(X).all():
+        raise ValueError("X holds a non-finite value")
+    if y.min() == y.max():
+        raise ValueError(f"y has a single class (all {int(y[0])}): nothing to regress")
+    return X, y
+
+
+def _hessian(Z: np.ndarray, p: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """The negative Hessian of the penalised log-likelihood at fitted probabilities ``p``."""
+    return (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty)
+
+
+def _newton(
+    Z: np.ndarray, y: np.ndarray, penalty: np.ndarray, max_iter: int, tol: float
+) -> tuple[np.ndarray, bool, int]:
+    """Maximise the penalised log-likelihood by Newton's method with step halving, from the
+    base rate; returns (parameters, converged, Newton steps taken)."""
+    theta = np.zeros(Z.shape[1])
+    rate = min(max(y.mean(), 1e-6), 1 - 1e-6)
+    theta[0] = math.log(rate / (1 - rate))
+
+    def objective(t: np.ndarray) -> float:
+        return _log_likelihood(Z @ t, y) - 0.5 * float(np.sum(penalty * t * t))
+
+    converged, iterations, current = False, 0, objective(theta)
+    for number in range(1, max_iter + 1):
+        iterations = number
+        p = _sigmoid(Z @ theta)
+        grad = Z.T @ (y - p) - penalty * theta
+        step = np.linalg.lstsq(_hessian(Z, p, penalty), grad, rcond=None)[0]
+        size = 1.0
+        while size > 1e-10:  # step halving: never decrease the penalised likelihood
+            candidate = theta + size * step
+            value = objective(candidate)
+            if value >= current - 1e-12:
+                break
+            size /= 2
+        theta, current = candidate, value
+        if float(np.abs(size * step).max()) < tol:
+            converged = True
+            break
+    return theta, converged, iterations
+
+
+def _coefficients(
+    names: Sequence[str], estimate: np.ndarray, cov: np.ndarray, per_sd: np.ndarray
+) -> list[Coefficient]:
+    """The :class:`Coefficient` of each name (the intercept first), with Wald statistics."""
+    coefficients = []
+    for i, name in enumerate(names):
+        se = math.sqrt(max(float(cov[i, i]), 0.0))
+        z = float(estimate[i]) / se if se > 0 else math.inf
+        coefficients.append(
+            Coefficient(
+                name=name,
+                estimate=float(estimate[i]),
+                std_error=se,
+                ci_low=float(estimate[i]) - _Z95 * se,
+                ci_high=float(estimate[i]) + _Z95 * se,
+                z=z,
+                p_value=math.erfc(abs(z) / math.sqrt(2.0)),
+                standardized=float(per_sd[i]),
+            )
+        )
+    return coefficients
 
 
 def logistic_regression(
@@ -182,18 +266,7 @@ def logistic_regression(
     Raises:
         ValueError: shapes disagree, ``y`` is not 0/1, a value is not finite, or ``n == 0``.
     """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[1] != len(names):
-        raise ValueError(f"shapes disagree: X {X.shape}, y {y.shape}, {len(names)} names")
-    if X.shape[0] == 0:
-        raise ValueError("no observations")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y must hold only 0 and 1")
-    if not np.isfinite(X).all():
-        raise ValueError("X holds a non-finite value")
-    if y.min() == y.max():
-        raise ValueError(f"y has a single class (all {int(y[0])}): nothing to regress")
+    X, y = _checked(X, y, names)
     keep, dropped = _independent_columns(X, list(names))
     for name, reason in dropped.items():
         log.warning("regression: dropping %s (%s)", name, reason)
@@ -204,34 +277,8 @@ def logistic_regression(
     Z = np.column_stack([np.ones(len(y)), (Xk - mean) / scale])  # (n, 1 + k)
     penalty = np.full(Z.shape[1], l2)
     penalty[0] = 0.0
-    theta = np.zeros(Z.shape[1])
-    rate = min(max(y.mean(), 1e-6), 1 - 1e-6)
-    theta[0] = math.log(rate / (1 - rate))
-
-    def objective(t: np.ndarray) -> float:
-        return _log_likelihood(Z @ t, y) - 0.5 * float(np.sum(penalty * t * t))
-
-    converged, iterations, current = False, 0, objective(theta)
-    for number in range(1, max_iter + 1):
-        iterations = number
-        p = _sigmoid(Z @ theta)
-        grad = Z.T @ (y - p) - penalty * theta
-        hessian = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty)
-        step = np.linalg.lstsq(hessian, grad, rcond=None)[0]
-        size = 1.0
-        while size > 1e-10:  # step halving: never decrease the penalised likelihood
-            candidate = theta + size * step
-            value = objective(candidate)
-            if value >= current - 1e-12:
-                break
-            size /= 2
-        theta, current = candidate, value
-        if float(np.abs(size * step).max()) < tol:
-            converged = True
-            break
-    p = _sigmoid(Z @ theta)
-    hessian = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty)
-    cov_std = np.linalg.pinv(hessian)
+    theta, converged, iterations = _newton(Z, y, penalty, max_iter, tol)
+    cov_std = np.linalg.pinv(_hessian(Z, _sigmoid(Z @ theta), penalty))
     if not converged:
         log.warning("regression: Newton's method did not converge in %d steps", max_iter)
     # Back to the original scale: b_j = s_j / sd_j, b0 = s_0 - sum(s_j * mean_j / sd_j).
@@ -245,24 +292,8 @@ def logistic_regression(
     )
     if float(np.abs(per_sd[1:]).max(initial=0.0)) > 15:
         log.warning("regression: very large coefficients, the outcome may be separable")
-    coefficients = []
-    for i, name in enumerate([INTERCEPT, *kept_names]):
-        se = math.sqrt(max(float(cov[i, i]), 0.0))
-        z = float(estimate[i]) / se if se > 0 else math.inf
-        coefficients.append(
-            Coefficient(
-                name=name,
-                estimate=float(estimate[i]),
-                std_error=se,
-                ci_low=float(estimate[i]) - _Z95 * se,
-                ci_high=float(estimate[i]) + _Z95 * se,
-                z=z,
-                p_value=math.erfc(abs(z) / math.sqrt(2.0)),
-                standardized=float(per_sd[i]),
-            )
-        )
     return RegressionResult(
-        coefficients=coefficients,
+        coefficients=_coefficients([INTERCEPT, *kept_names], estimate, cov, per_sd),
         n=len(y),
         n_positive=int(y.sum()),
         log_likelihood=_log_likelihood(Z @ theta, y),

@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,10 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from factkeep.config import ConfigError
 from factkeep.data.facts import Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE, format_prompt
+from factkeep.models.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
+from factkeep.training.config import TrainCommandConfig
+from factkeep.training.run_folder import PHASE_ORDER, RunFolder
 
 __all__ = [
     "PHASE_ORDER",
@@ -43,9 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PHASE_ORDER = ("format", "main", "patch")
-"""The training phases of a run, in the order they run."""
 
 
 def middle_layer(model: Any) -> int:
@@ -150,24 +150,24 @@ def key_texts(
     raise ValueError(f"kind must be 'subject' or 'prompt', got {kind!r}")
 
 
+def _run_config(run: RunFolder) -> TrainCommandConfig:
+    config = run.config
+    if not config.model:
+        raise ConfigError(f"{run.config_path}: not a training run config (no 'model' option)")
+    return config
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.yaml`` of a training run folder, as a nested dict.
+    """The ``config.yaml`` of a training run folder, as a nested dict (checked against the
+    options of ``factkeep train``; :attr:`RunFolder.config` gives it typed).
 
     Raises:
-        ConfigError: the folder holds no readable ``config.yaml`` mapping.
+        ConfigError: the folder holds no readable ``config.yaml``, one with an unknown option or
+            a value of the wrong type, or one without a model.
     """
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a training run folder (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the run config: {exc}") from exc
-    if not isinstance(data, dict) or not data.get("model"):
-        raise ConfigError(f"{path}: not a training run config (no 'model' option)")
-    return data
+    run = RunFolder(run_dir)
+    _run_config(run)
+    return run.config_dict
 
 
 @dataclass(frozen=True)
@@ -177,16 +177,6 @@ class SavedModel:
     phase: str
     step: int
     model_dir: Path
-
-
-def _checkpoint_step(folder: Path) -> int | None:
-    state = folder / "trainer_state.json"
-    if not state.is_file():  # an incomplete checkpoint: never complete, never used
-        return None
-    try:
-        return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return int(folder.name.rsplit("-", 1)[-1]) if folder.name[-1:].isdigit() else None
 
 
 def run_models(run_dir: str | Path) -> list[SavedModel]:
@@ -202,33 +192,25 @@ def run_models(run_dir: str | Path) -> list[SavedModel]:
 
     Returns:
         The saved models, sorted by global step.
+
+    Raises:
+        DataError: a finished phase's ``done.json`` is unreadable.
     """
-    run = Path(run_dir)
-    names = [
-        p
-        for p in PHASE_ORDER
-        if (run / "phases" / p).is_dir() or (run / "checkpoints" / p).is_dir()
-    ]
+    run = RunFolder(run_dir)
+    names = run.phases
     found: dict[int, SavedModel] = {}
     offset = 0
     for i, phase in enumerate(names):
-        steps: list[tuple[int, Path]] = []
-        folder = run / "checkpoints" / phase
-        for ckpt in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
-            step = _checkpoint_step(ckpt)
-            if step is not None and (ckpt / "config.json").is_file():
-                steps.append((step, ckpt))
-                found.setdefault(offset + step, SavedModel(phase, offset + step, ckpt))
-        done = run / "phases" / phase / "done.json"
-        if not done.is_file():
+        for ckpt in run.checkpoints(phase):
+            if (ckpt.path / "config.json").is_file():
+                step = offset + ckpt.step
+                found.setdefault(step, SavedModel(phase, step, ckpt.path))
+        if not run.phase_done(phase):
             continue
-        try:
-            phase_steps = int(json.loads(done.read_text(encoding="utf-8"))["steps"])
-        except (OSError, ValueError, KeyError, TypeError):
-            phase_steps = max((s for s, _ in steps), default=0)
-        end = run / "phases" / phase / "model"
+        phase_steps = run.phase_steps(phase)
+        end = run.phase_model_dir(phase)
         if not end.is_dir() and i == len(names) - 1:
-            end = run / "model"
+            end = run.model_dir
         if (end / "config.json").is_file():
             found[offset + phase_steps] = SavedModel(phase, offset + phase_steps, end)
         offset += phase_steps
@@ -239,10 +221,6 @@ def load_run_model(
     model_dir: str | Path, fallback_tokenizer: str | Path, dtype: str = "auto", device: str = "auto"
 ) -> tuple[Any, Any]:
     """Load a saved model; its tokenizer, or ``fallback_tokenizer``'s when the folder has none."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from factkeep.models.loading import resolve_device, resolve_dtype
-
     folder = Path(model_dir)
     has_tok = any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
     local = Path(fallback_tokenizer).exists() or has_tok
@@ -287,18 +265,17 @@ def drift_along_run(
     Returns:
         One ``{"phase", "step", "model_dir", "mean_distance", "median_distance", "n"}`` per model.
     """
-    from factkeep.models.loading import load_model_and_tokenizer
-
-    config = read_run_config(run_dir)
-    start = str(config["model"])
-    template = str((config.get("data") or {}).get("template") or DEFAULT_TEMPLATE)
+    run = RunFolder(run_dir)
+    config = _run_config(run)
+    start = config.model
+    template = config.data.template or DEFAULT_TEMPLATE
     texts = list(dict.fromkeys(key_texts(facts, kind, template)))
     if not texts:
         raise ValueError("no facts to measure")
     ref_model, ref_tok = load_model_and_tokenizer(reference or start, dtype=dtype, device=device)
     ref = hidden_states(ref_model, ref_tok, texts, layer, position, batch_size)  # (N, D)
     del ref_model
-    tok_dir = Path(run_dir) / "model" if (Path(run_dir) / "model").is_dir() else reference or start
+    tok_dir = run.model_dir if run.model_dir.is_dir() else reference or start
     rows = []
     for saved in [SavedModel("start", 0, Path(start)), *run_models(run_dir)]:
         if saved.phase == "start" and (reference or start) == start:

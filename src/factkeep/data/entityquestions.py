@@ -58,7 +58,7 @@ def default_eq_root() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
-    from factkeep.data.eq_download import eq_cache_path  # it imports this module
+    from factkeep.data.eq_download import eq_cache_path  # here: eq_download imports this module
 
     cached = eq_cache_path()
     if cached.is_dir():

@@ -130,10 +130,12 @@ class Splits:
 
 
 def _subject_key(text: str) -> str:
+    """A subject compared ignoring case and spacing."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def _answer_key(text: str) -> str:
+    """An answer compared ignoring case, spacing and punctuation."""
     return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).casefold())
 
 
@@ -192,6 +194,7 @@ def allocate(total: int, weights: Mapping[str, float], caps: Mapping[str, int]) 
 
 
 def _check_categories(facts: Sequence[Fact], source: str | None) -> None:
+    """Raise :class:`~factkeep.errors.DataError` at the first fact without a category."""
     for position, fact in enumerate(facts, start=1):
         if fact.category is None:
             raise DataError(
@@ -203,6 +206,7 @@ def _check_categories(facts: Sequence[Fact], source: str | None) -> None:
 
 
 def _shuffled(items: list[Fact], seed: int, *parts: str) -> list[Fact]:
+    """A copy of ``items`` shuffled with a seed made of ``seed`` and ``parts``."""
     out = list(items)
     random.Random("-".join(["split", str(seed), *parts])).shuffle(out)
     return out
@@ -211,6 +215,7 @@ def _shuffled(items: list[Fact], seed: int, *parts: str) -> list[Fact]:
 def _too_few(
     what: str, wanted: int, per_relation: Mapping[str, int], hint: str, source: str | None
 ) -> DataError:
+    """The error of a size request larger than the facts ``per_relation`` allow."""
     detail = ", ".join(f"{rel}: {n}" for rel, n in per_relation.items())
     return DataError(
         f"{what}={wanted} is impossible: there are only {sum(per_relation.values())} "
@@ -226,7 +231,7 @@ def _draw_training(
     spec: SplitSpec,
     source: str | None,
 ) -> tuple[list[Fact], list[Fact]]:
-    """D_known and D_unknown from each relation's (shuffled) candidates.
+    """Stage 7: D_known and D_unknown from each relation's (shuffled) candidates.
 
     ``unknown_fraction_scope="relation"``: ``n_train`` split over the relations in proportion to
     ``weights``, each relation's share ``unknown_fraction`` Unknown. ``"overall"``: the Unknown and
@@ -272,46 +277,61 @@ def _draw_training(
     return d_known, d_unknown
 
 
-def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = None) -> Splits:
-    """Draw D_known, D_unknown, D_held and dev from categorised facts (see the module docstring).
-
-    Args:
-        facts: facts with ``category`` set, e.g. ``read_facts("categories.jsonl")``.
-        spec: sizes, fractions, filters, disjointness and seed.
-        source: the input file, named in errors.
-
-    Returns:
-        The splits and a JSON-ready report (per-relation counts, what each filter removed, sizes
-        per split, relation and category).
+def _select_relations(
+    facts: Sequence[Fact], relations: Sequence[str], source: str | None
+) -> Sequence[Fact]:
+    """The facts of the requested ``relations`` (all facts when none are requested).
 
     Raises:
-        ConfigError: an option is out of range.
-        DataError: a fact lacks a category, an unknown relation is requested, no relation passes
-            the filter, or a requested size exceeds what the data allows (with the counts).
+        DataError: a requested relation is not in the input.
     """
-    spec.validate()
-    _check_categories(facts, source)
-    order = {fact.id: i for i, fact in enumerate(facts)}
+    if not relations:
+        return facts
     available = sorted({f.relation for f in facts})
-    if spec.relations:
-        unknown = [r for r in spec.relations if r not in available]
-        if unknown:
-            raise DataError(
-                f"unknown relation(s) {', '.join(map(repr, unknown))} in relations=; the input "
-                f"has: {', '.join(available)}",
-                source,
-            )
-        facts = [f for f in facts if f.relation in set(spec.relations)]
+    unknown = [r for r in relations if r not in available]
+    if unknown:
+        raise DataError(
+            f"unknown relation(s) {', '.join(map(repr, unknown))} in relations=; the input "
+            f"has: {', '.join(available)}",
+            source,
+        )
+    return [f for f in facts if f.relation in set(relations)]
 
+
+def _group_by_relation(
+    facts: Sequence[Fact], drop_multi_answer: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[Fact]]]:
+    """Stage 1: the usable facts per relation, without multi-answer facts if asked.
+
+    Returns:
+        ``(relations, groups)``: per relation its report entry (``facts``, ``multi_answer``
+        counts; in input order) and its usable facts (in input order).
+    """
     relations: dict[str, dict[str, Any]] = {}
     groups: dict[str, list[Fact]] = {}
     for fact in facts:
         info = relations.setdefault(fact.relation, {"facts": 0, "multi_answer": 0})
         info["facts"] += 1
-        if spec.drop_multi_answer and len(fact.answers) > 1:
+        if drop_multi_answer and len(fact.answers) > 1:
             info["multi_answer"] += 1
             continue
         groups.setdefault(fact.relation, []).append(fact)
+    return relations, groups
+
+
+def _keep_relations(
+    relations: dict[str, dict[str, Any]],
+    groups: Mapping[str, list[Fact]],
+    spec: SplitSpec,
+    source: str | None,
+) -> list[str]:
+    """Stage 2: the (sorted) relations whose Known fraction reaches ``min_known_fraction``.
+
+    Adds each relation's category counts, ``known_fraction`` and ``kept`` to its report entry.
+
+    Raises:
+        DataError: no relation is kept.
+    """
     known_set = set(spec.known_categories)
     kept: list[str] = []
     for rel in sorted(relations):
@@ -334,25 +354,57 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
             f"(Known = {'+'.join(spec.known_categories)}; {fractions})",
             source,
         )
+    return kept
 
-    weights = {rel: float(len(groups[rel])) for rel in kept}
+
+def _shuffled_pools(
+    groups: Mapping[str, list[Fact]], kept: Sequence[str], seed: int
+) -> tuple[dict[str, list[Fact]], dict[str, list[Fact]]]:
+    """Stage 3: each kept relation's HighlyKnown and Unknown facts, shuffled per relation."""
     highly = {
-        rel: _shuffled([f for f in groups[rel] if f.category == HIGHLY_KNOWN], spec.seed, rel, "HK")
+        rel: _shuffled([f for f in groups[rel] if f.category == HIGHLY_KNOWN], seed, rel, "HK")
         for rel in kept
     }
-    unknown_pool = {
-        rel: _shuffled([f for f in groups[rel] if f.category == UNKNOWN], spec.seed, rel, "U")
+    unknown = {
+        rel: _shuffled([f for f in groups[rel] if f.category == UNKNOWN], seed, rel, "U")
         for rel in kept
     }
+    return highly, unknown
 
-    # D_held, then the dev set's HighlyKnown and Unknown parts.
-    hk_counts = {rel: len(highly[rel]) for rel in kept}
+
+def _held_sizes(
+    highly: Mapping[str, list[Fact]],
+    weights: Mapping[str, float],
+    spec: SplitSpec,
+    source: str | None,
+) -> dict[str, int]:
+    """Stage 4: how many HighlyKnown facts each relation gives D_held.
+
+    Raises:
+        DataError: fewer HighlyKnown facts than ``n_held``.
+    """
+    hk_counts = {rel: len(facts) for rel, facts in highly.items()}
     if spec.n_held > sum(hk_counts.values()):
         hint = " HighlyKnown facts in the kept relations"
         raise _too_few("n_held", spec.n_held, hk_counts, hint, source)
-    held_n = allocate(spec.n_held, weights, hk_counts)
+    return allocate(spec.n_held, weights, hk_counts)
+
+
+def _dev_sizes(
+    highly: Mapping[str, list[Fact]],
+    unknown: Mapping[str, list[Fact]],
+    held_n: Mapping[str, int],
+    weights: Mapping[str, float],
+    spec: SplitSpec,
+    source: str | None,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Stage 5: how many HighlyKnown and Unknown facts each relation gives the dev set.
+
+    Raises:
+        DataError: too few HighlyKnown facts left after D_held, or too few Unknown facts.
+    """
     dev_unknown_total, dev_known_total = _train_parts(spec.n_dev, spec.dev_unknown_fraction)
-    hk_left = {rel: hk_counts[rel] - held_n[rel] for rel in kept}
+    hk_left = {rel: len(highly[rel]) - held_n[rel] for rel in highly}
     if dev_known_total > sum(hk_left.values()):
         raise _too_few(
             "n_dev",
@@ -362,7 +414,7 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
             "HighlyKnown ones",
             source,
         )
-    u_counts = {rel: len(unknown_pool[rel]) for rel in kept}
+    u_counts = {rel: len(unknown[rel]) for rel in highly}
     if dev_unknown_total > sum(u_counts.values()):
         raise _too_few(
             "n_dev",
@@ -371,26 +423,56 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
             f" Unknown facts for the dev set's {dev_unknown_total} Unknown ones",
             source,
         )
-    dev_known_n = allocate(dev_known_total, weights, hk_left)
-    dev_unknown_n = allocate(dev_unknown_total, weights, u_counts)
+    return allocate(dev_known_total, weights, hk_left), allocate(
+        dev_unknown_total, weights, u_counts
+    )
+
+
+def _set_aside(
+    highly: Mapping[str, list[Fact]],
+    unknown: Mapping[str, list[Fact]],
+    held_n: Mapping[str, int],
+    dev_known_n: Mapping[str, int],
+    dev_unknown_n: Mapping[str, int],
+) -> tuple[list[Fact], list[Fact], dict[str, list[Fact]], dict[str, list[Fact]]]:
+    """Stages 4 and 5: D_held, then dev, from the front of each relation's shuffled pools.
+
+    Returns:
+        ``(held, dev, known_rest, unknown_rest)``: the rests are each relation's HighlyKnown and
+        Unknown facts left for training.
+    """
     held: list[Fact] = []
     dev: list[Fact] = []
     known_rest: dict[str, list[Fact]] = {}
     unknown_rest: dict[str, list[Fact]] = {}
-    for rel in kept:
+    for rel in highly:
         h, d = held_n[rel], dev_known_n[rel]
         held += highly[rel][:h]
-        dev += highly[rel][h : h + d] + unknown_pool[rel][: dev_unknown_n[rel]]
+        dev += highly[rel][h : h + d] + unknown[rel][: dev_unknown_n[rel]]
         known_rest[rel] = highly[rel][h + d :]
-        unknown_rest[rel] = unknown_pool[rel][dev_unknown_n[rel] :]
+        unknown_rest[rel] = unknown[rel][dev_unknown_n[rel] :]
+    return held, dev, known_rest, unknown_rest
 
-    # Disjointness: no training fact shares a subject (or, optionally, an answer) with held/dev.
-    taken_subjects = {_subject_key(f.subject) for f in held + dev}
-    taken_answers = {_answer_key(a) for f in held + dev for a in f.answers}
+
+def _disjoint_candidates(
+    held_out: Sequence[Fact],
+    known_rest: Mapping[str, list[Fact]],
+    unknown_rest: Mapping[str, list[Fact]],
+    disjoint_answers: bool,
+) -> tuple[dict[str, list[Fact]], dict[str, list[Fact]], dict[str, dict[str, int]]]:
+    """Stage 6: the training candidates that share no subject (nor, with ``disjoint_answers``,
+    an answer) with the held-out facts.
+
+    Returns:
+        ``(known_cand, unknown_cand, removed)``: the HighlyKnown and Unknown candidates per
+        relation, and per relation the candidates before the filter and what each rule removed.
+    """
+    taken_subjects = {_subject_key(f.subject) for f in held_out}
+    taken_answers = {_answer_key(a) for f in held_out for a in f.answers}
     removed: dict[str, dict[str, int]] = {}
     known_cand: dict[str, list[Fact]] = {}
     unknown_cand: dict[str, list[Fact]] = {}
-    for rel in kept:
+    for rel in known_rest:
         n_candidates = len(known_rest[rel]) + len(unknown_rest[rel])
         stats = {"candidates": n_candidates, "subject": 0, "answer": 0}
         for rest, cand in ((known_rest, known_cand), (unknown_rest, unknown_cand)):
@@ -398,7 +480,7 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
             for fact in rest[rel]:
                 if _subject_key(fact.subject) in taken_subjects:
                     stats["subject"] += 1
-                elif spec.held_disjoint_answers and any(
+                elif disjoint_answers and any(
                     _answer_key(a) in taken_answers for a in fact.answers
                 ):
                     stats["answer"] += 1
@@ -414,13 +496,16 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
                 stats["answer"],
                 stats["candidates"],
             )
+    return known_cand, unknown_cand, removed
 
-    d_known, d_unknown = _draw_training(known_cand, unknown_cand, weights, spec, source)
 
-    def ordered(items: list[Fact]) -> list[Fact]:
-        return sorted(items, key=lambda fact: order[fact.id])
-
-    splits = Splits(ordered(d_known), ordered(d_unknown), ordered(held), ordered(dev))
+def _report(
+    splits: Splits,
+    relations: Mapping[str, dict[str, Any]],
+    kept: list[str],
+    removed: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    """The JSON-ready report of how ``splits`` were drawn (see :func:`build_splits`)."""
     sizes: dict[str, dict[str, dict[str, int]]] = {}
     for name, items in splits.as_dict().items():
         per: dict[str, dict[str, int]] = {}
@@ -428,7 +513,7 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
             row = per.setdefault(fact.relation, {})
             row[str(fact.category)] = row.get(str(fact.category), 0) + 1
         sizes[name] = {rel: per[rel] for rel in sorted(per)}
-    splits.report = {
+    return {
         "relations": {rel: relations[rel] for rel in sorted(relations)},
         "kept_relations": kept,
         "dropped_relations": [r for r in sorted(relations) if r not in kept],
@@ -437,4 +522,46 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
         "totals": {name: len(items) for name, items in splits.as_dict().items()},
         "sizes": sizes,
     }
+
+
+def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = None) -> Splits:
+    """Draw D_known, D_unknown, D_held and dev from categorised facts (see the module docstring).
+
+    Args:
+        facts: facts with ``category`` set, e.g. ``read_facts("categories.jsonl")``.
+        spec: sizes, fractions, filters, disjointness and seed.
+        source: the input file, named in errors.
+
+    Returns:
+        The splits and a JSON-ready report (per-relation counts, what each filter removed, sizes
+        per split, relation and category).
+
+    Raises:
+        ConfigError: an option is out of range.
+        DataError: a fact lacks a category, an unknown relation is requested, no relation passes
+            the filter, or a requested size exceeds what the data allows (with the counts).
+    """
+    spec.validate()
+    _check_categories(facts, source)
+    order = {fact.id: i for i, fact in enumerate(facts)}
+    facts = _select_relations(facts, spec.relations, source)
+    relations, groups = _group_by_relation(facts, spec.drop_multi_answer)
+    kept = _keep_relations(relations, groups, spec, source)
+    weights = {rel: float(len(groups[rel])) for rel in kept}
+    highly, unknown = _shuffled_pools(groups, kept, spec.seed)
+    held_n = _held_sizes(highly, weights, spec, source)
+    dev_known_n, dev_unknown_n = _dev_sizes(highly, unknown, held_n, weights, spec, source)
+    held, dev, known_rest, unknown_rest = _set_aside(
+        highly, unknown, held_n, dev_known_n, dev_unknown_n
+    )
+    known_cand, unknown_cand, removed = _disjoint_candidates(
+        held + dev, known_rest, unknown_rest, spec.held_disjoint_answers
+    )
+    d_known, d_unknown = _draw_training(known_cand, unknown_cand, weights, spec, source)
+
+    def ordered(items: list[Fact]) -> list[Fact]:
+        return sorted(items, key=lambda fact: order[fact.id])
+
+    splits = Splits(ordered(d_known), ordered(d_unknown), ordered(held), ordered(dev))
+    splits.report = _report(splits, relations, kept, removed)
     return splits

@@ -5,6 +5,9 @@ A document is a list of blocks: ``("h2", text)``, ``("p", text)``, ``("ul", [tex
 ``("img", file name, caption, PNG bytes)``.
 :func:`html_document` embeds images as base64 data URIs (no external resources);
 :func:`markdown_document` links them as files in a folder next to the Markdown file.
+
+The table helpers serve the commands too: :func:`md_table` writes a Markdown table and
+:func:`text_table` a plain-text table aligned in columns, for the terminal.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["Block", "html_document", "markdown_document", "md_table"]
+__all__ = ["Block", "html_document", "markdown_document", "md_table", "text_table"]
 
 
 def _is_number(text: str) -> bool:
     try:
-        float(text.split(" ", 1)[0].replace(",", "").replace("—", "0"))
+        float(text.split(" ", 1)[0].replace(",", "").replace("—", "0").removesuffix("%"))
     except ValueError:
         return False
     return True
@@ -35,6 +38,45 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "|" + "|".join("---:" if n else "---" for n in _numeric(rows, len(header))) + "|"
     return "\n".join([line(header), rule, *map(line, rows)])
+
+
+def text_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    min_widths: Sequence[int] = (),
+    align: str = "",
+) -> str:
+    """A plain-text table for the terminal: the header, a rule of dashes, then the rows.
+
+    Cells are separated by one space. Column ``i`` is as wide as its widest cell and at least
+    ``min_widths[i]`` (0 past the end of ``min_widths``). ``align`` has one letter per column,
+    ``l`` (left) or ``r`` (right); by default the first column is left-aligned and the others
+    right-aligned. A row may have fewer cells than the header: it ends there, and its last cell
+    (a note, say) may run past its column without widening it.
+
+    Raises:
+        ValueError: a row with more cells than the header, or an ``align`` of the wrong length.
+    """
+    n = len(header)
+    align = align or "l" + "r" * (n - 1)
+    if len(align) != n or set(align) - {"l", "r"}:
+        raise ValueError(f"align must have one 'l' or 'r' per column ({n}), got {align!r}")
+    mins = [*min_widths, *[0] * n]
+    widths = [max(len(h), mins[i]) for i, h in enumerate(header)]
+    for row in rows:
+        if len(row) > n:
+            raise ValueError(f"a row has {len(row)} cells, the header {n}: {list(row)}")
+        for i, cell in enumerate(row if len(row) == n else row[:-1]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return " ".join(
+            cell.ljust(widths[i]) if align[i] == "l" else cell.rjust(widths[i])
+            for i, cell in enumerate(cells)
+        )
+
+    head = line(header)
+    return "\n".join([head, "-" * len(head), *map(line, rows)])
 
 
 # The report's content is a list of blocks, rendered as HTML and as Markdown: ("h2", text),

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from factkeep.errors import DataError
+from factkeep.training.run_folder import RunFolder, read_metrics
 
 __all__ = ["fitted_fractions", "linear_fit", "main"]
 
@@ -65,23 +66,16 @@ def fitted_fractions(
         "n_unknown", "n_test"}`` (fractions in [0, 1]).
 
     Raises:
-        DataError: no ``metrics.jsonl``, an unreadable row, or no evaluation of the three splits.
+        DataError: no ``metrics.jsonl``, an unreadable row (naming its line), or no evaluation of
+            the three splits.
     """
-    from factkeep.training.callbacks import read_metrics
-
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = RunFolder(path).metrics_path
     if not path.is_file():
         raise DataError("no metrics.jsonl here (is it a training run folder?)", path)
-    try:
-        rows = read_metrics(path)
-    except ValueError as exc:
-        raise DataError(f"not a metrics file: {exc}", path) from None
     points: list[dict[str, Any]] = []
-    for line, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise DataError("a metrics row must be a JSON object", path, line)
+    for line, row in enumerate(read_metrics(path), start=1):
         acc, n = row.get("acc", {}), row.get("n", {})
         if not all(s in acc and s in n for s in (known, unknown, test)):
             continue

@@ -1,9 +1,10 @@
 """Reports over training run folders: comparison table, plots, an HTML file and its Markdown twin.
 
 A run folder is what ``factkeep train`` writes (``config.yaml``, ``metrics.jsonl``,
-``samples/step-N.jsonl``, ``results.json``). Runs are grouped into rows by method; runs of a method
-whose settings differ from the method's shipped config (another λ = ``loss.kl_weight``, another
-temperature, frozen embeddings, ...) form their own row, named after the difference
+``samples/step-N.jsonl``, ``results.json``), read with
+:class:`~factkeep.training.run_folder.RunFolder`. Runs are grouped into rows by method; runs of a
+method whose settings differ from the method's shipped config (another λ = ``loss.kl_weight``,
+another temperature, frozen embeddings, ...) form their own row, named after the difference
 (``self_distill (λ=5)``). Seeds are ignored, so the runs of a row are its seeds.
 
 Analyses (folders with an ``analysis.json``, see :mod:`factkeep.analysis.summary`) add one section
@@ -28,9 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from factkeep.analysis.summary import SUMMARY_FILE, AnalysisSummary, Cell, read_summary
+from factkeep.config import config_to_dict, resolve_config
+from factkeep.configs import CONFIG_DIR
 from factkeep.eval.bootstrap import bootstrap_intervals, paired_difference
 from factkeep.eval.document import Block, html_document, markdown_document, md_table
 from factkeep.eval.metrics import summarize_run
@@ -44,6 +45,8 @@ from factkeep.eval.plots import (
 )
 from factkeep.eval.transitions import run_transitions
 from factkeep.rundir import atomic_write_bytes, atomic_write_text
+from factkeep.training.config import TrainCommandConfig
+from factkeep.training.run_folder import RunFolder
 
 __all__ = [
     "COLUMNS",
@@ -89,11 +92,14 @@ class RunData:
 
     Attributes:
         path: the run folder.
-        config: ``config.yaml`` as a nested dict (empty if absent).
+        config: ``config.yaml`` as a nested dict (empty if absent), as written: settings are
+            compared in this form.
         results: ``results.json``, or a summary of ``metrics.jsonl`` while the run has none.
-        metrics: the rows of ``metrics.jsonl``.
+        metrics: the rows of ``metrics.jsonl`` (as dicts, see
+            :meth:`~factkeep.training.run_folder.MetricsRow.to_dict`).
         transitions: ``{split: {kind: count}}`` between the first and last evaluation.
         complete: whether the run wrote its ``results.json``.
+        train_config: ``config.yaml`` as the run's typed config (None if absent).
     """
 
     path: Path
@@ -102,6 +108,7 @@ class RunData:
     metrics: list[dict[str, Any]]
     transitions: dict[str, dict[str, int]]
     complete: bool
+    train_config: TrainCommandConfig | None = None
 
     @property
     def method(self) -> str:
@@ -116,9 +123,8 @@ class RunData:
 
     @property
     def kl_weight(self) -> float | None:
-        """λ (``loss.kl_weight``) of the run, if its config has one."""
-        value = (self.config.get("loss") or {}).get("kl_weight")
-        return None if value is None else float(value)
+        """λ (``loss.kl_weight``) of the run, None if it has no config."""
+        return None if self.train_config is None else self.train_config.loss.kl_weight
 
 
 @dataclass(frozen=True)
@@ -163,14 +169,6 @@ class AnalysisData:
     summary: AnalysisSummary
 
 
-def _has_train_results(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("final"), dict)
-
-
 def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Find run folders: each path is a run folder or a folder searched recursively for them.
 
@@ -186,7 +184,7 @@ def discover_runs(paths: Iterable[str | Path]) -> list[Path]:
         runs: list[Path] = []
         for here, subdirs, _ in os.walk(start):
             folder = Path(here)
-            if (folder / "metrics.jsonl").is_file() or _has_train_results(folder):
+            if RunFolder(folder).is_run:
                 runs.append(folder)
                 subdirs.clear()
             else:
@@ -229,22 +227,24 @@ def load_analysis(folder: str | Path) -> AnalysisData:
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read a run folder; a run without ``results.json`` yet is summarised from its metrics."""
-    path = Path(run_dir)
-    config: dict[str, Any] = {}
-    if (path / "config.yaml").is_file():
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    metrics = []
-    if (path / "metrics.jsonl").is_file():
-        lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        metrics = [json.loads(line) for line in lines if line.strip()]
-    complete = _has_train_results(path)
-    if complete:
-        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
-    else:
+    """Read a run folder; a run without ``results.json`` yet is summarised from its metrics.
+
+    Raises:
+        ConfigError: an unreadable ``config.yaml``, or one with an unknown option.
+        DataError: a malformed ``metrics.jsonl`` line (naming the file, line and field).
+    """
+    run = RunFolder(run_dir)
+    config = run.config_dict if run.has_config else {}
+    train_config = run.config if run.has_config else None
+    metrics = [row.to_dict() for row in run.metrics]
+    complete = run.has_results
+    results = run.results if complete else None
+    if results is None:
         results = {"method": config.get("method"), "seed": config.get("seed")}
         results.update(summarize_run(metrics))
-    return RunData(path, config, results, metrics, run_transitions(path), complete)
+    return RunData(
+        run.path, config, results, metrics, run_transitions(run.path), complete, train_config
+    )
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -259,15 +259,11 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _reference(method: str, runs: Sequence[RunData]) -> dict[str, Any]:
     """The settings a method's plain row stands for: its shipped config, else its commonest one."""
+    shipped = CONFIG_DIR / f"{method}.yaml"
     try:
-        from factkeep.config import config_to_dict, resolve_config
-        from factkeep.configs import CONFIG_DIR
-        from factkeep.training.config import TrainCommandConfig
-
-        shipped = CONFIG_DIR / f"{method}.yaml"
         if shipped.is_file():
             return _flatten(config_to_dict(resolve_config(TrainCommandConfig, shipped)))
-    except (ImportError, ValueError, OSError):  # another version's config: use the runs
+    except (ValueError, OSError):  # another version's config: use the runs
         pass
     flats = [json.dumps(_flatten(r.config), sort_keys=True) for r in runs]
     return dict(json.loads(max(flats, key=flats.count))) if flats else {}

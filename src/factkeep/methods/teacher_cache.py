@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from factkeep.methods.teacher import Teacher
@@ -154,8 +156,6 @@ class TeacherCache:
 
     def save(self, path: str | Path) -> None:
         """Write the cache as one safetensors file (atomically)."""
-        from safetensors.torch import save_file
-
         seqs = self.sequences
         flat = torch.tensor([t for s in seqs for t in s], dtype=torch.int64)
         lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
@@ -176,8 +176,6 @@ class TeacherCache:
     @classmethod
     def load(cls, path: str | Path) -> TeacherCache:
         """Read a cache written by :meth:`save`."""
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             t = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - not a dict

@@ -30,6 +30,8 @@ import copy
 import logging
 from typing import Any
 
+from accelerate.utils import DistributedType
+
 from factkeep.errors import FactkeepError
 from factkeep.methods.teacher import Teacher
 
@@ -45,8 +47,6 @@ def _zero_stage(accelerator: Any) -> int:
 
 def is_sharded(accelerator: Any) -> bool:
     """Whether the student's parameters are sharded across processes (FSDP or ZeRO-3)."""
-    from accelerate.utils import DistributedType
-
     kind = accelerator.distributed_type
     return kind == DistributedType.FSDP or (
         kind == DistributedType.DEEPSPEED and _zero_stage(accelerator) == 3
@@ -54,7 +54,7 @@ def is_sharded(accelerator: Any) -> bool:
 
 
 def _deepspeed_engine(model: Any, accelerator: Any) -> Any:
-    import deepspeed  # type: ignore[import-not-found]
+    import deepspeed  # type: ignore[import-not-found]  # optional: only ZeRO-3 runs need it
 
     config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     for key in ("optimizer", "scheduler"):
@@ -72,6 +72,7 @@ def _deepspeed_engine(model: Any, accelerator: Any) -> Any:
 def _fsdp(model: Any, accelerator: Any) -> Any:
     plugin = accelerator.state.fsdp_plugin
     if getattr(accelerator, "is_fsdp2", False):
+        # FSDP2 only: fully_shard needs torch >= 2.6, and the module is slow to import.
         from torch.distributed.fsdp import fully_shard
 
         kwargs = {
@@ -83,6 +84,7 @@ def _fsdp(model: Any, accelerator: Any) -> Any:
             fully_shard(layer, **kwargs)
         fully_shard(model, **kwargs)
         return model
+    # FSDP only: torch.distributed.fsdp takes about a second to import.
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     return FullyShardedDataParallel(
@@ -108,8 +110,6 @@ def place_teacher(teacher: Teacher, accelerator: Any, needs_full_parameters: boo
     Raises:
         FactkeepError: ``needs_full_parameters`` under FSDP or ZeRO-3.
     """
-    from accelerate.utils import DistributedType
-
     if needs_full_parameters and is_sharded(accelerator):
         raise FactkeepError(
             "the ema teacher and the l2_to_anchor control read full parameters and do not "

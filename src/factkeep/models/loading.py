@@ -113,6 +113,7 @@ def load_model(
     Returns:
         The model, in eval mode, on ``device``.
     """
+    # Lazily: slow to import, and config classes import this module (for 'COMMAND --help').
     from transformers import AutoModelForCausalLM, GgufConfig
 
     folder, gguf_file = resolve_model(name_or_path, gguf_file)
@@ -162,6 +163,7 @@ def load_model_and_tokenizer(
     Returns:
         ``(model, tokenizer)``; the tokenizer has a pad token (EOS if it had none).
     """
+    # Lazily: slow to import, and config classes import this module (for 'COMMAND --help').
     from transformers import AutoTokenizer
 
     folder, gguf = resolve_model(name_or_path, gguf_file)

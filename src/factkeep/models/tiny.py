@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from factkeep.config import ConfigError, help_field
 
 
@@ -61,8 +64,6 @@ def kv_heads(cfg: TinyModelConfig) -> int:
 
 def build_config(cfg: TinyModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):  # type: ignore[no-untyped-def]
     """The ``transformers`` config object for ``cfg`` (not yet a model)."""
-    from transformers import AutoConfig
-
     n_kv = kv_heads(cfg)
 
     common = {
@@ -113,9 +114,6 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer, seed: int = 0):  # type: i
         tokenizer: a Hugging Face tokenizer (its vocabulary size and special ids are used).
         seed: initialisation seed.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     hf_config = build_config(
         cfg,
         vocab_size=len(tokenizer),

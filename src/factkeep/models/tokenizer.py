@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
@@ -26,8 +27,6 @@ WORD_PATTERN = r"\n|\w+|[^\w\s]"
 
 def split_words(text: str) -> list[str]:
     """Split text the way the word-level tokenizer does (lowercased)."""
-    import re
-
     return re.findall(WORD_PATTERN, text.lower())
 
 

@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from factkeep.probing.prefill import SharedPrefillModel, prefill_cache
 from factkeep.probing.scoring import clean_generation
 
 __all__ = [
@@ -347,8 +348,6 @@ def greedy_and_sampled_answers(
     Returns:
         ``(greedy, sampled)``: per prompt, its greedy answer and its list of sampled answers.
     """
-    from factkeep.probing.prefill import SharedPrefillModel, prefill_cache
-
     if settings.temperature <= 0:
         raise ValueError("greedy_and_sampled_answers needs sampling settings (temperature > 0)")
     n = settings.num_samples

@@ -27,13 +27,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from factkeep.analysis.overlap import (
+    design_matrix,
+    forgotten_labels,
+    overlap_features,
+    pick_evaluation,
+    split_correctness,
+)
+from factkeep.analysis.regression import RegressionResult, logistic_regression
+from factkeep.analysis.representations import drift_along_run, read_run_config, run_models
 from factkeep.analysis.summary import AnalysisFigure, AnalysisSummary, AnalysisTable, write_summary
 from factkeep.config import ConfigError, help_field
 from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import Fact, read_facts
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
-from factkeep.rundir import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+from factkeep.eval.plots import figure_png, method_color, style_axes
+from factkeep.eval.transitions import run_sample_files
+from factkeep.models.loading import load_model_and_tokenizer
+from factkeep.rundir import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    write_run_metadata,
+)
 
 __all__ = ["DriftCommandConfig", "OverlapCommandConfig", "run_drift", "run_overlap"]
 
@@ -89,6 +110,7 @@ class OverlapCommandConfig:
 
 
 def _check_common(cfg: DriftCommandConfig | OverlapCommandConfig) -> int | None:
+    """Check the options both commands share; returns the layer (None: the middle layer)."""
     if cfg.layer < -1:
         raise ConfigError(f"layer must be >= 0, or -1 for the middle layer, got {cfg.layer}")
     if cfg.batch_size < 1:
@@ -101,6 +123,7 @@ def _check_common(cfg: DriftCommandConfig | OverlapCommandConfig) -> int | None:
 
 
 def _read_facts_file(path: str, what: str) -> list[Fact]:
+    """The facts of a required JSONL file (``what``: its option, named in errors)."""
     if not path:
         raise ConfigError(f"{what}= is required (a facts JSONL file)")
     if not Path(path).is_file():
@@ -112,17 +135,13 @@ def _read_facts_file(path: str, what: str) -> list[Fact]:
 
 
 def _start_torch(cfg: DriftCommandConfig | OverlapCommandConfig) -> None:
-    import torch
-
+    """Set torch's CPU threads (``threads=``, if set)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
 
 
 def run_drift(cfg: DriftCommandConfig) -> int:
     """Run ``factkeep analyze drift``: returns the exit code."""
-    from factkeep.analysis.representations import drift_along_run, read_run_config, run_models
-    from factkeep.rundir import write_run_metadata
-
     layer = _check_common(cfg)
     if not cfg.runs:
         raise ConfigError("runs= is required (training run folders)")
@@ -173,6 +192,7 @@ def run_drift(cfg: DriftCommandConfig) -> int:
 
 
 def _drift_table(runs: list[dict[str, Any]]) -> str:
+    """The plain-text table of the final distances, one row per run."""
     width = max(6, *(len(r["method"]) for r in runs))
     run_width = max(3, *(len(r["run"]) for r in runs))
     lines = [f"{'method':<{width}} {'run':<{run_width}} {'after format':>12} {'final':>8}"]
@@ -216,10 +236,7 @@ def _drift_summary(doc: dict[str, Any]) -> AnalysisSummary:
 
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
-    from matplotlib.figure import Figure
-
-    from factkeep.eval.plots import style_axes
-
+    """A styled figure of ``width`` x ``height`` inches and its axes."""
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     style_axes(ax)
@@ -227,8 +244,7 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
 
 
 def _drift_png(runs: list[dict[str, Any]]) -> bytes:
-    from factkeep.eval.plots import figure_png, method_color
-
+    """The mean cosine distance along training, one line per run (PNG)."""
     fig, ax = _figure(6.0, 3.6)
     seen: set[str] = set()
     for r in runs:
@@ -253,10 +269,6 @@ def _drift_png(runs: list[dict[str, Any]]) -> bytes:
 
 def _overlap_inputs(cfg: OverlapCommandConfig) -> dict[str, Any]:
     """Read and check every input of ``analyze overlap`` (nothing is written)."""
-    from factkeep.analysis.overlap import pick_evaluation, split_correctness
-    from factkeep.analysis.representations import read_run_config
-    from factkeep.eval.transitions import run_sample_files
-
     if not cfg.run:
         raise ConfigError("run= is required (a training run folder)")
     if cfg.bins < 1:
@@ -303,17 +315,12 @@ def _overlap_inputs(cfg: OverlapCommandConfig) -> dict[str, Any]:
     }
 
 
-def run_overlap(cfg: OverlapCommandConfig) -> int:
-    """Run ``factkeep analyze overlap``: returns the exit code."""
-    import numpy as np
+def _labelled_held(inp: dict[str, Any]) -> tuple[dict[str, int], list[Fact]]:
+    """The forgotten labels (1: right before, wrong after) and the held facts that have one.
 
-    from factkeep.analysis.overlap import design_matrix, forgotten_labels, overlap_features
-    from factkeep.analysis.regression import logistic_regression
-    from factkeep.models.loading import load_model_and_tokenizer
-    from factkeep.rundir import write_run_metadata
-
-    layer = _check_common(cfg)
-    inp = _overlap_inputs(cfg)
+    Raises:
+        DataError: no held fact is right at the 'before' evaluation.
+    """
     before, after = inp["evals"][inp["before"]], inp["evals"][inp["after"]]
     labels = forgotten_labels(before, after)
     held = [f for f in inp["held"] if f.id in labels]
@@ -331,7 +338,17 @@ def run_overlap(cfg: OverlapCommandConfig) -> int:
             "nothing can be forgotten",
             inp["held_path"],
         )
-    _start_torch(cfg)
+    return labels, held
+
+
+def _labelled_features(
+    cfg: OverlapCommandConfig,
+    inp: dict[str, Any],
+    held: list[Fact],
+    labels: dict[str, int],
+    layer: int | None,
+) -> list[dict[str, Any]]:
+    """Each labelled held fact's interference measures and confounds, with ``forgotten``."""
     model, tokenizer = load_model_and_tokenizer(
         inp["reference"], dtype=cfg.dtype, device=cfg.device
     )
@@ -340,44 +357,63 @@ def run_overlap(cfg: OverlapCommandConfig) -> int:
     )
     for row in rows:
         row["forgotten"] = labels[row["id"]]
-    y = np.array([row["forgotten"] for row in rows], dtype=np.float64)
-    result, skipped = None, None
+    return rows
+
+
+def _fit(
+    rows: list[dict[str, Any]], y: np.ndarray, l2: float
+) -> tuple[RegressionResult | None, str | None]:
+    """The logistic regression of ``y`` on the measures, or None and why it was skipped."""
     if 0 < y.sum() < len(y):
         X, names = design_matrix(rows)
-        result = logistic_regression(X, y, names, l2=cfg.l2)
-    else:
-        skipped = "every labelled fact has the same outcome: no regression"
-        log.warning(skipped)
-    out = Path(cfg.out)
-    write_run_metadata(out, cfg)
-    bins = _forgetting_bins(rows, cfg.bins)
-    atomic_write_jsonl(out / "features.jsonl", rows)
-    atomic_write_json(
-        out / "regression.json",
-        {
-            "run": cfg.run,
-            "held": inp["held_path"],
-            "split": inp["split"],
-            "train": inp["train_entries"],
-            "n_train": len(inp["train"]),
-            "reference": inp["reference"],
-            "layer": "middle" if layer is None else layer,
-            "before_step": inp["before"],
-            "after_step": inp["after"],
-            "n_held": len(inp["held"]),
-            "n_labelled": len(rows),
-            "relations": sorted({str(row["relation"]) for row in rows}),
-            "n_forgotten": int(y.sum()),
-            "forgetting_rate": float(y.mean()),
-            "bins": bins,
-            "regression": result.to_dict() if result else None,
-            "skipped": skipped,
-        },
-    )
-    atomic_write_bytes(out / "overlap.png", _overlap_png(bins, float(y.mean())))
-    write_summary(out, _overlap_summary(cfg.run, inp, bins, result, y))
+        return logistic_regression(X, y, names, l2=l2), None
+    skipped = "every labelled fact has the same outcome: no regression"
+    log.warning(skipped)
+    return None, skipped
+
+
+def _regression_document(
+    cfg: OverlapCommandConfig,
+    inp: dict[str, Any],
+    rows: list[dict[str, Any]],
+    y: np.ndarray,
+    layer: int | None,
+    bins: list[dict[str, Any]],
+    result: RegressionResult | None,
+    skipped: str | None,
+) -> dict[str, Any]:
+    """The content of regression.json."""
+    return {
+        "run": cfg.run,
+        "held": inp["held_path"],
+        "split": inp["split"],
+        "train": inp["train_entries"],
+        "n_train": len(inp["train"]),
+        "reference": inp["reference"],
+        "layer": "middle" if layer is None else layer,
+        "before_step": inp["before"],
+        "after_step": inp["after"],
+        "n_held": len(inp["held"]),
+        "n_labelled": len(rows),
+        "relations": sorted({str(row["relation"]) for row in rows}),
+        "n_forgotten": int(y.sum()),
+        "forgetting_rate": float(y.mean()),
+        "bins": bins,
+        "regression": result.to_dict() if result else None,
+        "skipped": skipped,
+    }
+
+
+def _print_overlap(
+    out: Path,
+    inp: dict[str, Any],
+    y: np.ndarray,
+    result: RegressionResult | None,
+    skipped: str | None,
+) -> None:
+    """Print the forgetting rate, the regression table (or why there is none) and the files."""
     print(
-        f"\n{int(y.sum())} of {len(rows)} held facts right at step {inp['before']} are wrong at "
+        f"\n{int(y.sum())} of {len(y)} held facts right at step {inp['before']} are wrong at "
         f"step {inp['after']} ({100 * y.mean():.1f}%)."
     )
     if result is not None:
@@ -386,16 +422,40 @@ def run_overlap(cfg: OverlapCommandConfig) -> int:
     else:
         print(skipped)
     print(f"\nFiles in {out}: features.jsonl, regression.json, overlap.png, analysis.json")
+
+
+def run_overlap(cfg: OverlapCommandConfig) -> int:
+    """Run ``factkeep analyze overlap``: returns the exit code."""
+    layer = _check_common(cfg)
+    inp = _overlap_inputs(cfg)
+    labels, held = _labelled_held(inp)
+    _start_torch(cfg)
+    rows = _labelled_features(cfg, inp, held, labels, layer)
+    y = np.array([row["forgotten"] for row in rows], dtype=np.float64)
+    result, skipped = _fit(rows, y, cfg.l2)
+    out = Path(cfg.out)
+    write_run_metadata(out, cfg)
+    bins = _forgetting_bins(rows, cfg.bins)
+    atomic_write_jsonl(out / "features.jsonl", rows)
+    document = _regression_document(cfg, inp, rows, y, layer, bins, result, skipped)
+    atomic_write_json(out / "regression.json", document)
+    atomic_write_bytes(out / "overlap.png", _overlap_png(bins, float(y.mean())))
+    write_summary(out, _overlap_summary(cfg.run, inp, bins, result, y))
+    _print_overlap(out, inp, y, result, skipped)
     return 0
 
 
 def _overlap_summary(
-    run: str, inp: dict[str, Any], bins: list[dict[str, Any]], result: Any, y: Any
+    run: str,
+    inp: dict[str, Any],
+    bins: list[dict[str, Any]],
+    result: RegressionResult | None,
+    y: np.ndarray,
 ) -> AnalysisSummary:
     """The report section of ``analyze overlap``."""
     tables = []
     if result is not None:
-        coefs = [
+        coefs: list[list[Any]] = [
             [c.name, c.estimate, f"[{c.ci_low:.3g}, {c.ci_high:.3g}]", c.p_value]
             for c in result.coefficients
         ]
@@ -445,13 +505,12 @@ def _overlap_summary(
 
 
 def _percent(rate: float | None) -> float | None:
+    """A rate in percent, rounded to 0.1 (None stays None)."""
     return None if rate is None else round(100 * rate, 1)
 
 
 def _forgetting_bins(rows: list[dict[str, Any]], n_bins: int) -> list[dict[str, Any]]:
     """Forgetting rate per quantile bin of ``max_key_cosine`` (tied edges merge bins)."""
-    import numpy as np
-
     values = np.array([row["max_key_cosine"] for row in rows], dtype=np.float64)
     edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)))
     index = np.searchsorted(edges[1:-1], values, side="right")
@@ -470,8 +529,7 @@ def _forgetting_bins(rows: list[dict[str, Any]], n_bins: int) -> list[dict[str, 
 
 
 def _overlap_png(bins: list[dict[str, Any]], overall: float) -> bytes:
-    from factkeep.eval.plots import figure_png
-
+    """The forgetting rate per bin, with the overall rate as a dashed line (PNG)."""
     fig, ax = _figure(6.0, 3.4)
     rates = [100 * (b["forgetting_rate"] or 0.0) for b in bins]
     ax.bar(range(len(bins)), rates, color="#e15759", width=0.7)

@@ -36,18 +36,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from factkeep.analysis.keys import KEY_TYPES, VALUE_KINDS, new_facts
 from factkeep.analysis.summary import AnalysisFigure, AnalysisSummary, AnalysisTable, write_summary
 from factkeep.config import ConfigError, help_field, resolve_config
-from factkeep.data.facts import read_facts, write_facts
+from factkeep.configs import resolve_config_path
+from factkeep.data.facts import Fact, read_facts, write_facts
+from factkeep.eval.document import md_table
 from factkeep.eval.metrics import forgetting
-from factkeep.models.loading import ModelOptions
+from factkeep.eval.plots import figure_png, style_axes
+from factkeep.models.loading import ModelOptions, load_model_and_tokenizer
 from factkeep.rundir import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     write_run_metadata,
 )
+from factkeep.training.config import TrainCommandConfig
+from factkeep.training.run import train
 
 __all__ = ["KeysCommandConfig", "keys_png", "keys_summary", "keys_table", "run_keys"]
 
@@ -102,6 +109,7 @@ class KeysCommandConfig(ModelOptions):
 
 
 def _check(cfg: KeysCommandConfig) -> None:
+    """Raise :class:`~factkeep.config.ConfigError` on a missing or invalid option."""
     if not cfg.model:
         raise ConfigError("model= is required")
     if not cfg.held:
@@ -123,10 +131,8 @@ def run_epochs(cfg: KeysCommandConfig, scale: int) -> float:
 
 def _train_config(
     cfg: KeysCommandConfig, run: Path, sets: dict[str, Path], seed: int, scale: int
-) -> Any:
-    from factkeep.configs import resolve_config_path
-    from factkeep.training.config import TrainCommandConfig
-
+) -> TrainCommandConfig:
+    """The checked train config of one condition's run (``sets``: its data files)."""
     overrides = [
         f"model={cfg.model}",
         f"dtype={cfg.dtype}",
@@ -152,6 +158,8 @@ def _train_config(
 
 
 def _row(name: str, key: str, value: str, scale: int, seed: int, metrics: list[dict]) -> dict:
+    """One condition's row of keys.json, from its run's evaluations (``metrics``)."""
+
     def curve(split: str) -> list[float]:
         return [r["acc"][split] for r in metrics if split in r["acc"]]
 
@@ -180,22 +188,22 @@ def keys_table(rows: list[dict]) -> str:
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["key_type"], r["value_kind"], r["scale"]), []).append(r)
-    lines = [
-        "| keys | values | new facts | forgetting (same rel.) | forgetting (other rel.) | "
-        "forgetting (all held) | new facts learned | seeds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+    header = [
+        *("keys", "values", "new facts", "forgetting (same rel.)", "forgetting (other rel.)"),
+        *("forgetting (all held)", "new facts learned", "seeds"),
     ]
+    cells = []
     for (key, value, scale), rs in sorted(groups.items()):
 
         def mean(field: str, rs: list[dict] = rs) -> float:
             return sum(r[field] for r in rs) / len(rs)
 
-        lines.append(
-            f"| {key} | {value} | {scale} | {mean('forgetting_same'):.1%} | "
-            f"{mean('forgetting_other'):.1%} | {mean('forgetting'):.1%} | "
-            f"{mean('new_learned'):.1%} | {len(rs)} |"
+        cells.append(
+            [key, value, str(scale)]
+            + [f"{mean(k):.1%}" for k in ("forgetting_same", "forgetting_other", "forgetting")]
+            + [f"{mean('new_learned'):.1%}", str(len(rs))]
         )
-    return "\n".join(lines)
+    return md_table(header, cells)
 
 
 def keys_summary(rows: list[dict], relation: str) -> AnalysisSummary:
@@ -227,10 +235,6 @@ def keys_summary(rows: list[dict], relation: str) -> AnalysisSummary:
 
 def keys_png(rows: list[dict]) -> bytes:
     """Forgetting of held facts vs number of new facts (log scale), per key type / value kind."""
-    from matplotlib.figure import Figure
-
-    from factkeep.eval.plots import figure_png, style_axes
-
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot(1, 1, 1)
     colors = {"name_like": "#c0392b", "uuid": "#2471a3"}
@@ -262,12 +266,22 @@ def keys_png(rows: list[dict]) -> bytes:
     return figure_png(fig)
 
 
-def run_keys(cfg: KeysCommandConfig) -> int:
-    """Run ``factkeep analyze keys``: returns the exit code."""
-    from factkeep.models.loading import load_model_and_tokenizer
-    from factkeep.training.run import train
+@dataclass
+class _Plan:
+    """One condition of the experiment: its facts, data files and train config."""
 
-    _check(cfg)
+    name: str
+    key: str
+    value: str
+    scale: int
+    seed: int
+    facts: list[Fact]
+    sets: dict[str, Path]
+    train_cfg: TrainCommandConfig
+
+
+def _read_inputs(cfg: KeysCommandConfig) -> tuple[list[Fact], list[Fact], str]:
+    """The held facts, the facts giving the name pieces, and the relation of the new facts."""
     held = read_facts(cfg.held)
     pieces = [f for path in cfg.pieces_from for f in read_facts(path)] or held
     relation = cfg.relation or Counter(f.relation for f in held).most_common(1)[0][0]
@@ -277,23 +291,28 @@ def run_keys(cfg: KeysCommandConfig) -> int:
         raise ConfigError(
             f"{cfg.held}: every held fact is of '{relation}': none of another relation"
         )
-    _, tokenizer = load_model_and_tokenizer(
-        cfg.model, dtype=cfg.dtype, device="cpu", gguf_file=cfg.gguf_file
-    )
-    out = Path(cfg.out)
-    scales = cfg.resolved_scales()
+    return held, pieces, relation
+
+
+def _held_sets(out: Path) -> dict[str, Path]:
+    """The files of the held facts, of the same relation and of the others."""
+    return {
+        "held_same": out / "sets" / "held_same.jsonl",
+        "held_other": out / "sets" / "held_other.jsonl",
+    }
+
+
+def _plans(
+    cfg: KeysCommandConfig, out: Path, pieces: list[Fact], relation: str, tokenizer: Any
+) -> list[_Plan]:
+    """Every condition's new facts and train config (nothing is written)."""
     conditions = [
         (k, v, n, s)
         for k in cfg.key_types
         for v in cfg.value_kinds
-        for n in scales
+        for n in cfg.resolved_scales()
         for s in cfg.seeds
     ]
-    # Every condition's facts and train config are built before anything is written.
-    sets = {
-        "held_same": out / "sets" / "held_same.jsonl",
-        "held_other": out / "sets" / "held_other.jsonl",
-    }
     plans = []
     for key, value, scale, seed in conditions:
         rng = random.Random(f"{seed}-{key}-{value}-{scale}")
@@ -312,30 +331,50 @@ def run_keys(cfg: KeysCommandConfig) -> int:
             raise ConfigError(f"cannot make {scale} {key} facts: {exc}") from exc
         name = f"{key}-{value}-n{scale}-s{seed}"
         data = out / "sets" / name
-        run_sets = {**sets, "new": data / "new.jsonl", "new_eval": data / "new_eval.jsonl"}
-        train_cfg = _train_config(cfg, out / "runs" / name, run_sets, seed, scale)
+        sets = {**_held_sets(out), "new": data / "new.jsonl", "new_eval": data / "new_eval.jsonl"}
+        train_cfg = _train_config(cfg, out / "runs" / name, sets, seed, scale)
         train_cfg.method = f"keys_{key}_{value}"
-        plans.append((name, key, value, scale, seed, facts, run_sets, train_cfg))
-    write_run_metadata(out, cfg)
-    write_facts(sets["held_same"], [f for f in held if f.relation == relation])
-    write_facts(sets["held_other"], [f for f in held if f.relation != relation])
+        plans.append(_Plan(name, key, value, scale, seed, facts, sets, train_cfg))
+    return plans
+
+
+def _run_plans(cfg: KeysCommandConfig, out: Path, plans: list[_Plan], relation: str) -> list[dict]:
+    """Train every condition in turn; keys.json is rewritten after each. Returns the rows."""
     rows: list[dict] = []
     start = time.perf_counter()
-    for i, (name, key, value, scale, seed, facts, run_sets, train_cfg) in enumerate(plans, 1):
-        write_facts(run_sets["new"], facts)
-        n_eval = min(cfg.eval_new or len(facts), len(facts))
-        write_facts(run_sets["new_eval"], random.Random(seed).sample(facts, n_eval))
-        log.info("[%d/%d] %s: %d new facts of %s", i, len(plans), name, scale, relation)
-        result = train(train_cfg)
-        row = _row(name, key, value, scale, seed, result.metrics)
+    for i, plan in enumerate(plans, 1):
+        write_facts(plan.sets["new"], plan.facts)
+        n_eval = min(cfg.eval_new or len(plan.facts), len(plan.facts))
+        write_facts(plan.sets["new_eval"], random.Random(plan.seed).sample(plan.facts, n_eval))
+        log.info("[%d/%d] %s: %d new facts of %s", i, len(plans), plan.name, plan.scale, relation)
+        result = train(plan.train_cfg)
+        row = _row(plan.name, plan.key, plan.value, plan.scale, plan.seed, result.metrics)
         rows.append(row)
         log.info(
             "[%d/%d] %s: forgetting %.1f%% (same relation %.1f%%, other %.1f%%), new learned "
             "%.1f%%, %.0f s elapsed",
-            i, len(plans), name, 100 * row["forgetting"], 100 * row["forgetting_same"],
+            i, len(plans), plan.name, 100 * row["forgetting"], 100 * row["forgetting_same"],
             100 * row["forgetting_other"], 100 * row["new_learned"], time.perf_counter() - start,
         )  # fmt: skip
         atomic_write_json(out / "keys.json", {"relation": relation, "rows": rows})
+    return rows
+
+
+def run_keys(cfg: KeysCommandConfig) -> int:
+    """Run ``factkeep analyze keys``: returns the exit code."""
+    _check(cfg)
+    held, pieces, relation = _read_inputs(cfg)
+    _, tokenizer = load_model_and_tokenizer(
+        cfg.model, dtype=cfg.dtype, device="cpu", gguf_file=cfg.gguf_file
+    )
+    out = Path(cfg.out)
+    # Every condition's facts and train config are built before anything is written.
+    plans = _plans(cfg, out, pieces, relation, tokenizer)
+    write_run_metadata(out, cfg)
+    sets = _held_sets(out)
+    write_facts(sets["held_same"], [f for f in held if f.relation == relation])
+    write_facts(sets["held_other"], [f for f in held if f.relation != relation])
+    rows = _run_plans(cfg, out, plans, relation)
     table = keys_table(rows)
     atomic_write_text(out / "keys.md", table + "\n")
     atomic_write_bytes(out / "keys.png", keys_png(rows))

@@ -22,6 +22,11 @@ Output folder (``out=``)::
     train_categories.jsonl   the probed training facts (as ``factkeep probe`` writes them)
     summary.md               the report (also printed)
 
+The probe's options are the ``probe.*`` section, those of ``factkeep probe`` (see
+:class:`~factkeep.study.probe.ProbeOptions`; default ``probe.preset=cheap``), e.g.
+``probe.n_prompts=2 probe.batch_size=16``; ``probe.batch_size`` also sets the texts per forward
+pass of the key measures.
+
 Every input is read and checked before the model runs; nothing is written before the end.
 """
 
@@ -34,12 +39,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from factkeep.config import ConfigError, help_field
+import torch
+
+from factkeep.analysis.audit import (
+    DEFAULT_SCORE,
+    category_shares,
+    format_summary,
+    load_regression,
+    nearest_keys,
+    rank_by_score,
+    recommendation,
+    regression_probabilities,
+    regression_relations,
+    risky_training_keys,
+    unfitted_relations,
+)
+from factkeep.analysis.overlap import overlap_features
+from factkeep.config import ConfigError, help_field, nested
 from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import CATEGORIES, UNKNOWN, Fact, check_unique_ids, write_facts
 from factkeep.errors import DataError
-from factkeep.models.loading import ModelOptions
-from factkeep.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from factkeep.models.loading import ModelOptions, load_model_and_tokenizer
+from factkeep.probing.slick import ExemplarPool, ProbeProtocol, probe_facts
+from factkeep.rundir import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    write_run_metadata,
+)
+from factkeep.study.probe import ProbeOptions, category_counts, resolve_protocol
 
 __all__ = ["AuditCommandConfig", "run_audit"]
 
@@ -80,25 +108,31 @@ class AuditCommandConfig(ModelOptions):
     exemplars: str = help_field(
         "train", "Few-shot exemplars of the probe: train, known, or a facts JSONL file/split name."
     )
-    preset: Literal["original", "cheap"] = help_field(
-        "cheap", "Probe protocol: cheap (20 generations per fact) or original (170)."
+    probe: ProbeOptions = nested(
+        ProbeOptions,
+        "How the training facts are probed, as in 'factkeep probe' (default preset: cheap); "
+        "probe.batch_size also sets the texts per forward pass of the key measures.",
+        factory=lambda: ProbeOptions(preset="cheap"),
     )
-    n_prompts: int | None = help_field(None, "Few-shot prompts per question (null: preset).")
-    k_exemplars: int | None = help_field(None, "Exemplars per prompt (null: preset).")
-    num_samples: int | None = help_field(None, "Sampled answers per prompt (null: preset).")
-    temperature: float | None = help_field(None, "Sampling temperature (null: preset).")
-    top_k: int | None = help_field(None, "Top-k of sampling (0 = no cut; null: preset).")
-    seed: int = help_field(0, "Seeds exemplar and answer sampling of the probe.")
-    batch_size: int = help_field(64, "Sequences per generate call and texts per forward pass.")
-    max_new_tokens: int = help_field(16, "The most tokens generated per answer.")
-    chunk_size: int = help_field(64, "Facts per probe chunk.")
-    share_prefill: bool = help_field(True, "Encode each prompt once for all its samples.")
-    progress: bool = help_field(True, "Show the probe's progress bar.")
     layer: int = help_field(-1, "Hidden-state index of the keys (0 = embeddings; -1 = middle).")
     threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
 
 
+@dataclass
+class _Inputs:
+    """Everything the audit reads, checked before the model runs."""
+
+    train: list[Fact]
+    known: list[Fact]
+    n_known_file: int
+    pool: ExemplarPool | None
+    protocol: ProbeProtocol
+    coefficients: dict[str, float] | None
+    fitted_relations: list[str] | None
+
+
 def _load(entry: str, splits: str, what: str) -> list[Fact]:
+    """The facts of a JSONL file or split name (``what``: the option, named in errors)."""
     if not entry.endswith(".jsonl") and not splits:
         raise ConfigError(f"{what}: {entry!r} is not a .jsonl file; set splits= for split names")
     facts = load_fact_set(entry, splits)
@@ -107,21 +141,17 @@ def _load(entry: str, splits: str, what: str) -> list[Fact]:
     return facts
 
 
-def _inputs(cfg: AuditCommandConfig) -> dict[str, Any]:
-    """Check the options and read every input (nothing is written)."""
-    from factkeep.analysis.audit import load_regression, regression_relations
-    from factkeep.probing.slick import ExemplarPool
-    from factkeep.study.probe import ProbeCommandConfig, resolve_protocol
-
+def _check_options(cfg: AuditCommandConfig) -> None:
+    """Raise :class:`~factkeep.config.ConfigError` on a missing or out-of-range option."""
     if not cfg.model:
         raise ConfigError("model= is required (a Hugging Face model folder or hub id)")
     if not cfg.train:
         raise ConfigError("train= is required (the proposed training set)")
     if not cfg.known:
         raise ConfigError("known= is required (the facts the model should keep)")
-    for name in ("top_n", "batch_size", "max_new_tokens", "chunk_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.top_n < 1:
+        raise ConfigError(f"top_n must be >= 1, got {cfg.top_n}")
+    cfg.probe.validate_sizes("probe.")
     if cfg.layer < -1:
         raise ConfigError(f"layer must be >= 0, or -1 for the middle layer, got {cfg.layer}")
     if cfg.threads < 0:
@@ -129,23 +159,29 @@ def _inputs(cfg: AuditCommandConfig) -> dict[str, Any]:
     bad = [c for c in cfg.known_categories if c not in CATEGORIES]
     if bad:
         raise ConfigError(f"known_categories: {bad} are not among {', '.join(CATEGORIES)}")
-    fields = {f.name for f in dataclasses.fields(ProbeCommandConfig)}
-    probe_cfg = ProbeCommandConfig(**{k: v for k, v in vars(cfg).items() if k in fields})
-    protocol = resolve_protocol(probe_cfg)
-    train = [fact for entry in cfg.train for fact in _load(entry, cfg.splits, "train")]
-    check_unique_ids(((None, f) for f in train), ", ".join(cfg.train))
-    all_known = _load(cfg.known, cfg.splits, "known")
-    known = all_known
-    if cfg.known_categories:
-        missing = [f.id for f in all_known if f.category is None]
-        if missing:
-            raise ConfigError(
-                f"known_categories= needs probed known facts; {len(missing)} fact(s) of "
-                f"{cfg.known} have no category (first: {missing[0]!r})"
-            )
-        known = [f for f in all_known if f.category in cfg.known_categories]
-        if not known:
-            raise ConfigError(f"no fact of {cfg.known} is in {cfg.known_categories}")
+
+
+def _known_facts(cfg: AuditCommandConfig, all_known: list[Fact]) -> list[Fact]:
+    """The known facts of ``known_categories`` (all of them without it)."""
+    if not cfg.known_categories:
+        return all_known
+    missing = [f.id for f in all_known if f.category is None]
+    if missing:
+        raise ConfigError(
+            f"known_categories= needs probed known facts; {len(missing)} fact(s) of "
+            f"{cfg.known} have no category (first: {missing[0]!r})"
+        )
+    known = [f for f in all_known if f.category in cfg.known_categories]
+    if not known:
+        raise ConfigError(f"no fact of {cfg.known} is in {cfg.known_categories}")
+    return known
+
+
+def _exemplar_pool(
+    cfg: AuditCommandConfig, train: list[Fact], all_known: list[Fact], protocol: ProbeProtocol
+) -> ExemplarPool | None:
+    """The probe's exemplar pool, checked against the training facts (None: nothing is probed,
+    ``reuse_categories=true``)."""
     if cfg.reuse_categories:
         missing = [f.id for f in train if f.category is None]
         if missing:
@@ -153,81 +189,43 @@ def _inputs(cfg: AuditCommandConfig) -> dict[str, Any]:
                 f"reuse_categories=true but {len(missing)} training fact(s) have no category "
                 f"(first: {missing[0]!r}); leave it false to probe them"
             )
-        pool = None
+        return None
+    if cfg.exemplars in ("train", "known"):
+        source = f"{cfg.exemplars}= (the {cfg.exemplars} facts)"
+        pool_facts = train if cfg.exemplars == "train" else all_known
     else:
-        if cfg.exemplars in ("train", "known"):
-            source = f"{cfg.exemplars}= (the {cfg.exemplars} facts)"
-            pool_facts = train if cfg.exemplars == "train" else all_known
-        else:
-            source, pool_facts = cfg.exemplars, _load(cfg.exemplars, cfg.splits, "exemplars")
-        pool = ExemplarPool(pool_facts, source)
-        pool.check(train, protocol.k_exemplars)
+        source, pool_facts = cfg.exemplars, _load(cfg.exemplars, cfg.splits, "exemplars")
+    pool = ExemplarPool(pool_facts, source)
+    pool.check(train, protocol.k_exemplars)
+    return pool
+
+
+def _inputs(cfg: AuditCommandConfig) -> _Inputs:
+    """Check the options and read every input (nothing is written)."""
+    _check_options(cfg)
+    protocol = resolve_protocol(cfg.probe)
+    train = [fact for entry in cfg.train for fact in _load(entry, cfg.splits, "train")]
+    check_unique_ids(((None, f) for f in train), ", ".join(cfg.train))
+    all_known = _load(cfg.known, cfg.splits, "known")
+    known = _known_facts(cfg, all_known)
+    pool = _exemplar_pool(cfg, train, all_known, protocol)
     trained_ids = {f.id for f in train}
     overlap = sum(f.id in trained_ids for f in known)
     if overlap:
         log.warning("%d known fact(s) are also in the training set (same id)", overlap)
-    return {
-        "train": train,
-        "known": known,
-        "n_known_file": len(all_known),
-        "pool": pool,
-        "protocol": protocol,
-        "coefficients": load_regression(cfg.regression) if cfg.regression else None,
-        "fitted_relations": regression_relations(cfg.regression) if cfg.regression else None,
-    }
-
-
-def _probe(cfg: AuditCommandConfig, model: Any, tok: Any, inp: dict[str, Any]) -> list[Fact]:
-    from factkeep.probing.slick import probe_facts
-
-    protocol = inp["protocol"]
-    log.info(
-        "probing %d training facts (%s preset: %d generations per fact)",
-        len(inp["train"]),
-        cfg.preset,
-        protocol.generations_per_fact,
+    return _Inputs(
+        train=train,
+        known=known,
+        n_known_file=len(all_known),
+        pool=pool,
+        protocol=protocol,
+        coefficients=load_regression(cfg.regression) if cfg.regression else None,
+        fitted_relations=regression_relations(cfg.regression) if cfg.regression else None,
     )
-    probed: list[Fact] = []
-    for _, chunk, results in probe_facts(
-        model,
-        tok,
-        inp["train"],
-        inp["pool"],
-        protocol,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-        chunk_size=cfg.chunk_size,
-        share_prefill=cfg.share_prefill,
-        progress=cfg.progress,
-    ):
-        probed.extend(res.apply_to(fact) for fact, res in zip(chunk, results, strict=True))
-    return probed
 
 
-def run_audit(cfg: AuditCommandConfig) -> int:
-    """Run ``factkeep audit``: returns the exit code."""
-    import torch
-
-    from factkeep.analysis.audit import (
-        DEFAULT_SCORE,
-        category_shares,
-        format_summary,
-        nearest_keys,
-        rank_by_score,
-        recommendation,
-        regression_probabilities,
-        risky_training_keys,
-        unfitted_relations,
-    )
-    from factkeep.analysis.overlap import overlap_features
-    from factkeep.models.loading import load_model_and_tokenizer
-    from factkeep.rundir import write_run_metadata
-    from factkeep.study.probe import category_counts
-
-    inp = _inputs(cfg)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+def _load_model(cfg: AuditCommandConfig) -> tuple[Any, Any]:
+    """The model and tokenizer; checks ``layer`` against the model's depth."""
     log.info("loading %s", cfg.model)
     model, tok = load_model_and_tokenizer(
         cfg.model, cfg.dtype, cfg.device, cfg.gguf_file, cfg.trust_remote_code
@@ -235,74 +233,130 @@ def run_audit(cfg: AuditCommandConfig) -> int:
     n_layers = int(model.config.num_hidden_layers)
     if cfg.layer > n_layers:
         raise ConfigError(f"layer must be in [0, {n_layers}] for this model, got {cfg.layer}")
-    seconds: dict[str, float] = {}
+    return model, tok
+
+
+def _categorised_train(cfg: AuditCommandConfig, model: Any, tok: Any, inp: _Inputs) -> list[Fact]:
+    """The training facts with their SLiCK categories: probed, or as given with
+    ``reuse_categories=true`` (no pool)."""
+    if inp.pool is None:
+        return list(inp.train)
+    opts, protocol = cfg.probe, inp.protocol
+    log.info(
+        "probing %d training facts (%s preset: %d generations per fact)",
+        len(inp.train),
+        opts.preset,
+        protocol.generations_per_fact,
+    )
+    probed: list[Fact] = []
+    for _, chunk, results in probe_facts(
+        model,
+        tok,
+        inp.train,
+        inp.pool,
+        protocol,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        max_new_tokens=opts.max_new_tokens,
+        chunk_size=opts.chunk_size,
+        share_prefill=opts.share_prefill,
+        reuse_prefix=opts.reuse_prefix,
+        progress=opts.progress,
+    ):
+        probed.extend(res.apply_to(fact) for fact, res in zip(chunk, results, strict=True))
+    return probed
+
+
+def _against_label(cfg: AuditCommandConfig) -> str:
+    """What the known facts are measured against, in words."""
+    return "training facts" if cfg.against == "all" else "Unknown training facts"
+
+
+def _layer(cfg: AuditCommandConfig) -> int | None:
+    """The hidden-state index of the keys (None: the middle layer)."""
+    return None if cfg.layer == -1 else cfg.layer
+
+
+def _exposure(
+    cfg: AuditCommandConfig, model: Any, tok: Any, inp: _Inputs, against: list[Fact]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every known fact's measures against ``against``, scored and ranked (most exposed first),
+    and the warnings of the scoring."""
+    known, layer, batch_size = inp.known, _layer(cfg), cfg.probe.batch_size
+    log.info(
+        "measuring %d known facts against %d %s", len(known), len(against), _against_label(cfg)
+    )
+    rows = overlap_features(model, tok, known, against, layer, batch_size=batch_size)
+    nearest = nearest_keys(model, tok, known, against, layer, batch_size)
+    for row, fact, (subject, _) in zip(rows, known, nearest, strict=True):
+        row["category"], row["nearest_subject"] = fact.category, subject
     warnings: list[str] = []
-    t0 = time.time()
-    train = list(inp["train"]) if cfg.reuse_categories else _probe(cfg, model, tok, inp)
-    seconds["probe"] = round(time.time() - t0, 2)
-    counts, shares = category_shares(train)
-    against = train if cfg.against == "all" else [f for f in train if f.category == UNKNOWN]
-    label = "training facts" if cfg.against == "all" else "Unknown training facts"
-    known, layer = inp["known"], None if cfg.layer == -1 else cfg.layer
-    coefficients = inp["coefficients"]
-    ranked: list[dict[str, Any]] = []
-    t0 = time.time()
-    if against:
-        log.info("measuring %d known facts against %d %s", len(known), len(against), label)
-        rows = overlap_features(model, tok, known, against, layer, batch_size=cfg.batch_size)
-        nearest = nearest_keys(model, tok, known, against, layer, cfg.batch_size)
-        for row, fact, (subject, _) in zip(rows, known, nearest, strict=True):
-            row["category"], row["nearest_subject"] = fact.category, subject
-        if coefficients is None:
-            scores = [float(r[DEFAULT_SCORE]) for r in rows]
-        else:
-            scores = regression_probabilities(rows, coefficients)
-            unseen = unfitted_relations(rows, inp["fitted_relations"] or [])
-            if inp["fitted_relations"] is not None and unseen:
-                warnings.append(
-                    f"relation(s) {', '.join(unseen)} of the known facts were not in the "
-                    "regression's fit: their facts are scored as its baseline relation"
-                )
-                log.warning(warnings[-1])
-        ranked = rank_by_score(rows, scores)
+    if inp.coefficients is None:
+        scores = [float(r[DEFAULT_SCORE]) for r in rows]
     else:
-        log.warning("no %s: nothing to measure the known facts against", label)
-    seconds["overlap"] = round(time.time() - t0, 2)
+        scores = regression_probabilities(rows, inp.coefficients)
+        unseen = unfitted_relations(rows, inp.fitted_relations or [])
+        if inp.fitted_relations is not None and unseen:
+            warnings.append(
+                f"relation(s) {', '.join(unseen)} of the known facts were not in the "
+                "regression's fit: their facts are scored as its baseline relation"
+            )
+            log.warning(warnings[-1])
+    return rank_by_score(rows, scores), warnings
+
+
+def _scoring(cfg: AuditCommandConfig, inp: _Inputs) -> dict[str, Any]:
+    """The ``scoring`` entry of audit.json: the score, and the regression if one is used."""
+    if inp.coefficients is None:
+        return {"score": DEFAULT_SCORE}
+    return {
+        "score": "p_forgotten",
+        "regression": cfg.regression,
+        "coefficients": inp.coefficients,
+        "fitted_relations": inp.fitted_relations,
+    }
+
+
+def _document(
+    cfg: AuditCommandConfig,
+    inp: _Inputs,
+    train: list[Fact],
+    against: list[Fact],
+    ranked: list[dict[str, Any]],
+    warnings: list[str],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The content of audit.json."""
+    counts, shares = category_shares(train)
     top = ranked[: cfg.top_n]
     risky = risky_training_keys(top, against)
-    scoring: dict[str, Any] = {"score": DEFAULT_SCORE}
-    if coefficients is not None:
-        scoring = {
-            "score": "p_forgotten",
-            "regression": cfg.regression,
-            "coefficients": coefficients,
-            "fitted_relations": inp["fitted_relations"],
+    layer = _layer(cfg)
+    probe = None
+    if inp.pool is not None:  # the training facts were probed
+        probe = {
+            "preset": cfg.probe.preset,
+            "protocol": dataclasses.asdict(inp.protocol),
+            "exemplars": inp.pool.source,
+            "seed": cfg.probe.seed,
         }
-    doc = {
+    return {
         "model": cfg.model,
         "train": list(cfg.train),
         "known": cfg.known,
         "n_train": len(train),
-        "n_known": len(known),
-        "n_known_file": inp["n_known_file"],
+        "n_known": len(inp.known),
+        "n_known_file": inp.n_known_file,
         "known_categories": list(cfg.known_categories),
-        "probe": None
-        if cfg.reuse_categories
-        else {
-            "preset": cfg.preset,
-            "protocol": dataclasses.asdict(inp["protocol"]),
-            "exemplars": inp["pool"].source,
-            "seed": cfg.seed,
-        },
+        "probe": probe,
         "category_counts": counts,
         "category_shares": shares,
         "unknown_share": shares[UNKNOWN],
         "categories_by_relation": category_counts(train),
         "against": cfg.against,
-        "against_label": label,
+        "against_label": _against_label(cfg),
         "n_against": len(against),
         "layer": "middle" if layer is None else layer,
-        "scoring": scoring,
+        "scoring": _scoring(cfg, inp),
         "top_n": cfg.top_n,
         "top_exposed": top,
         "risky_training": risky,
@@ -310,16 +364,45 @@ def run_audit(cfg: AuditCommandConfig) -> int:
         "warnings": warnings,
         "seconds": seconds,
     }
+
+
+def _write_outputs(
+    cfg: AuditCommandConfig, doc: dict[str, Any], train: list[Fact], ranked: list[dict[str, Any]]
+) -> None:
+    """Write the output folder and print the report."""
     summary = format_summary(doc)
     out = Path(cfg.out)
     log.info("writing %s", out)
-    write_run_metadata(out, cfg, seed=cfg.seed)
+    write_run_metadata(out, cfg, seed=cfg.probe.seed)
     write_facts(out / "train_categories.jsonl", train)
     atomic_write_jsonl(out / "exposed.jsonl", ranked)
     atomic_write_json(out / "audit.json", doc)
     atomic_write_text(out / "summary.md", summary)
     print(summary)
-    for warning in warnings:
+    for warning in doc["warnings"]:
         print(f"Warning: {warning}")
     print(f"Files in {out}: audit.json, exposed.jsonl, train_categories.jsonl, summary.md")
+
+
+def run_audit(cfg: AuditCommandConfig) -> int:
+    """Run ``factkeep audit``: returns the exit code."""
+    inp = _inputs(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    model, tok = _load_model(cfg)
+    seconds: dict[str, float] = {}
+    t0 = time.time()
+    train = _categorised_train(cfg, model, tok, inp)
+    seconds["probe"] = round(time.time() - t0, 2)
+    against = train if cfg.against == "all" else [f for f in train if f.category == UNKNOWN]
+    ranked: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    t0 = time.time()
+    if against:
+        ranked, warnings = _exposure(cfg, model, tok, inp, against)
+    else:
+        log.warning("no %s: nothing to measure the known facts against", _against_label(cfg))
+    seconds["overlap"] = round(time.time() - t0, 2)
+    doc = _document(cfg, inp, train, against, ranked, warnings, seconds)
+    _write_outputs(cfg, doc, train, ranked)
     return 0

@@ -29,35 +29,35 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import random
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from factkeep.cache import cache_key, is_done, mark_done
 from factkeep.config import ConfigError, help_field, nested, resolve_config
 from factkeep.configs import resolve_config_path
 from factkeep.data.facts import read_facts, write_facts
 from factkeep.data.world import WorldSpec
 from factkeep.errors import FactkeepError
 from factkeep.eval.document import md_table
+from factkeep.eval.report import build_report, load_run
+from factkeep.models.loading import resolve_device
 from factkeep.models.tiny import TinyModelConfig
 from factkeep.rundir import atomic_write_json, atomic_write_text
 from factkeep.study.data import EntityQuestionsCommandConfig, run_entityquestions
+from factkeep.study.jobs import WORKER_LOG, Job, Outcome, run_jobs, worker_plan
 from factkeep.study.probe import ProbeCommandConfig, run_probe
 from factkeep.study.split import SplitCommandConfig, run_split
 from factkeep.study.world import WorldCommandConfig, run_world
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.costs import COST_CATEGORIES
 from factkeep.training.pretrain import PretrainConfig
+from factkeep.training.run import VOLATILE_OPTIONS, check_resumable
+from factkeep.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "optim.batch_size=16",
             "optim.mixed_precision=bf16",
             "eval.batch_size=64",
+            # dev is evaluated too: settings per model are chosen on it (docs/real-models.md)
+            "data.eval=[d_known, d_unknown, d_held, dev]",
+            # The teacher's top-32 targets computed once: its forwards and the full-vocabulary
+            # KL were the largest cost of a run (docs/real-models.md, "Where the time goes").
+            "self_distill:teacher.cache_top_k=32",
+            # λ chosen on dev among 1, 3, 10 (the world's 10 learns 45% of the new facts here).
+            "self_distill_nontarget:loss.kl_weight=1",
         ],
     },
 }
@@ -250,21 +257,6 @@ def apply_preset(cfg: DemoConfig) -> DemoConfig:
     return cfg
 
 
-def _key(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _cached(folder: Path, key: str, product: str) -> bool:
-    marker = folder / STAGE_FILE
-    if not (folder / product).exists() or not marker.is_file():
-        return False
-    return json.loads(marker.read_text(encoding="utf-8")).get("key") == key
-
-
-def _mark(folder: Path, key: str) -> None:
-    atomic_write_json(folder / STAGE_FILE, {"key": key})
-
-
 def probe_subset(facts_file: Path, n: int, seed: int, out_file: Path) -> Path:
     """The facts to probe: ``facts_file`` itself, or a seeded random subset of ``n`` of its facts
     (in file order) written to ``out_file``."""
@@ -276,73 +268,10 @@ def probe_subset(facts_file: Path, n: int, seed: int, out_file: Path) -> Path:
     return out_file
 
 
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def worker_plan(jobs: int, threads: int, pending: int, on_gpu: bool) -> tuple[int, int]:
-    """``(processes, threads per process)`` for ``pending`` trainings.
-
-    ``jobs = 0`` picks one process per CPU core (at most 8 and at most ``pending``), or one on a
-    GPU; ``threads = 0`` shares the cores among the processes (0 = torch's default when one
-    process runs them all).
-    """
-    if jobs <= 0:
-        jobs = 1 if on_gpu else min(8, _cpu_cores())
-    processes = max(1, min(jobs, pending))
-    if threads <= 0 and processes > 1:
-        threads = max(1, _cpu_cores() // processes)
-    return processes, threads
-
-
-def _train_job(cfg: TrainCommandConfig) -> dict[str, Any]:
-    """Train one run and write its ``results.json`` (in this process)."""
-    from factkeep.study.train import train_summary
-    from factkeep.training.run import train
-
-    summary = train_summary(cfg, train(cfg))
-    atomic_write_json(Path(cfg.out) / "results.json", summary)
-    return summary
-
-
-WORKER_LOG = "train.log"
-"""A run trained in a worker process writes what it prints and logs here, in its run folder."""
-
-
-def _train_job_in_worker(cfg: TrainCommandConfig) -> dict[str, Any]:
-    """:func:`_train_job` with the run's output and log records sent to ``<run>/train.log``."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (
-        open(out / WORKER_LOG, "a", encoding="utf-8") as stream,
-        contextlib.redirect_stdout(stream),
-        contextlib.redirect_stderr(stream),
-    ):
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger()
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        try:
-            return _train_job(cfg)
-        finally:
-            root.removeHandler(handler)
-
-
 def _run_key(model_key: str, split_cfg: SplitCommandConfig, train_cfg: TrainCommandConfig) -> str:
     """What a run's results depend on (not its thread count, progress bars or resuming)."""
-    from factkeep.training.run import VOLATILE_OPTIONS
-
     options = {k: v for k, v in asdict(train_cfg).items() if k not in VOLATILE_OPTIONS}
-    return _key([model_key, asdict(split_cfg), options])
-
-
-def _cost(cfg: TrainCommandConfig) -> int:
-    """A rough rank of a run's cost, to start the slow ones first when several run at once."""
-    return int(cfg.teacher.kind != "none") + 2 * int(cfg.loss.l2_match_kl)
+    return cache_key([model_key, asdict(split_cfg), options])
 
 
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:
@@ -379,37 +308,6 @@ def cost_table(results: dict[str, dict[str, Any]]) -> str:
     if not rows:
         return ""
     return md_table(["seconds", *COST_CATEGORIES, "total"], rows)
-
-
-Job = tuple[int, str, TrainCommandConfig, str]
-
-
-def _train_in_workers(
-    pending: list[Job],
-    processes: int,
-    started: Callable[[int, str, TrainCommandConfig], None],
-    finished: Callable[[str, TrainCommandConfig, str, dict[str, Any]], None],
-) -> None:
-    """Train ``pending`` in ``processes`` worker processes, slow runs first, starting the next run
-    whenever one ends; an error in one run stops the others and is raised."""
-    queue = sorted(pending, key=lambda job: -_cost(job[2]))  # stable: the given order otherwise
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
-    running: dict[Future, Job] = {}
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-        try:
-            while queue or running:
-                while queue and len(running) < processes:
-                    job = queue.pop(0)
-                    started(job[0], job[1], job[2])
-                    running[pool.submit(_train_job_in_worker, job[2])] = job
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    _, name, train_cfg, key = running.pop(future)
-                    finished(name, train_cfg, key, future.result())
-        except BaseException:
-            for future in running:
-                future.cancel()
-            raise
 
 
 @dataclass
@@ -458,8 +356,8 @@ def entityquestions_source(cfg: DemoConfig, out: Path) -> Source:
     data_dir = out / "data"
     print(f"[demo] 1/5 EntityQuestions facts for {cfg.real_model} -> {data_dir}")
     facts, exemplars = data_dir / "facts.jsonl", data_dir / "dev.jsonl"
-    key = _key([cfg.relations, cfg.per_relation, cfg.seed])
-    if _cached(data_dir, key, "facts.jsonl"):
+    key = cache_key([cfg.relations, cfg.per_relation, cfg.seed])
+    if is_done(data_dir, STAGE_FILE, key, "facts.jsonl"):
         print("[demo] reusing the facts (same relations and sample)")
     else:
         data_cfg = EntityQuestionsCommandConfig(
@@ -473,18 +371,18 @@ def entityquestions_source(cfg: DemoConfig, out: Path) -> Source:
         )
         if run_entityquestions(data_cfg):
             raise FactkeepError("the data stage failed")
-        _mark(data_dir, key)
-    return Source(cfg.real_model, _key(["model", cfg.real_model]), facts, exemplars)
+        mark_done(data_dir, STAGE_FILE, key)
+    return Source(cfg.real_model, cache_key(["model", cfg.real_model]), facts, exemplars)
 
 
 def probe_stage(cfg: DemoConfig, out: Path, source: Source) -> Path:
     """Stage 2: the SLiCK categories of the source's facts (cached); returns categories.jsonl."""
     probe_dir = out / "probe"
-    key = _key([source.model_key, cfg.probe_preset, cfg.probe_facts, cfg.seed])
+    key = cache_key([source.model_key, cfg.probe_preset, cfg.probe_facts, cfg.seed])
     if cfg.source != "world":  # keys of world demos made before these options stay valid
-        key = _key([key, str(source.facts), cfg.probe_batch_size, cfg.probe_max_new_tokens])
+        key = cache_key([key, str(source.facts), cfg.probe_batch_size, cfg.probe_max_new_tokens])
     print(f"\n[demo] 2/5 probing what the model knows ({cfg.probe_preset} preset) -> {probe_dir}")
-    if _cached(probe_dir, key, "categories.jsonl"):
+    if is_done(probe_dir, STAGE_FILE, key, "categories.jsonl"):
         print("[demo] reusing the probe results (same model and protocol)")
         return probe_dir / "categories.jsonl"
     facts_file = probe_subset(source.facts, cfg.probe_facts, cfg.seed, out / "probe_facts.jsonl")
@@ -502,7 +400,7 @@ def probe_stage(cfg: DemoConfig, out: Path, source: Source) -> Path:
     )
     if run_probe(probe_cfg):
         raise FactkeepError("the probe stage failed")
-    _mark(probe_dir, key)
+    mark_done(probe_dir, STAGE_FILE, key)
     return probe_dir / "categories.jsonl"
 
 
@@ -591,61 +489,55 @@ def train_stage(
     cfg: DemoConfig, out: Path, source: Source, split_cfg: SplitCommandConfig
 ) -> dict[str, dict[str, Any]]:
     """Stage 4: train every run not cached yet; returns each run's summary, in run order."""
-    from factkeep.models.loading import resolve_device
-    from factkeep.training.run import check_resumable
-
     runs = _train_configs(cfg, out, source, split_cfg)
     results: dict[str, dict[str, Any]] = {}
     pending: list[Job] = []
-    for i, (name, train_cfg) in enumerate(runs, 1):
+    keys: dict[str, str] = {}
+    for name, train_cfg in runs:
         run_dir = Path(train_cfg.out)
-        key = _run_key(source.model_key, split_cfg, train_cfg)
-        if _cached(run_dir, key, "results.json"):
+        keys[name] = _run_key(source.model_key, split_cfg, train_cfg)
+        if is_done(run_dir, STAGE_FILE, keys[name], "results.json"):
             print(f"[demo] reusing {run_dir} (same model, splits and config)")
-            results[name] = json.loads((run_dir / "results.json").read_text())
+            results[name] = RunFolder(run_dir).results or {}
             continue
         try:
             check_resumable(train_cfg, run_dir)
         except ConfigError:  # an older demo run with other settings: start it over
             train_cfg.resume = False
-        pending.append((i, name, train_cfg, key))
+        pending.append(Job(name, train_cfg))
 
-    on_gpu = any(resolve_device(job[2].device).type != "cpu" for job in pending)
+    on_gpu = any(resolve_device(job.config.device).type != "cpu" for job in pending)
     processes, threads = worker_plan(cfg.jobs, cfg.threads, len(pending), on_gpu=on_gpu)
     if processes > 1:
         each = f"{threads} thread(s) each"
         print(f"\n[demo] training {len(pending)} runs, {processes} at a time ({each})")
-    for _, _, train_cfg, _ in pending:
-        train_cfg.threads = threads
+    for job in pending:
+        job.config.threads = threads
+    order = {name: i for i, (name, _) in enumerate(runs, 1)}
 
-    def started(i: int, name: str, train_cfg: TrainCommandConfig) -> None:
-        where = f"{train_cfg.out}" + (f" (log: {WORKER_LOG})" if processes > 1 else "")
-        print(f"\n[demo] 4/5 training {i}/{len(runs)}: {name} -> {where}", flush=True)
-
-    def finished(
-        name: str, train_cfg: TrainCommandConfig, key: str, summary: dict[str, Any]
-    ) -> None:
-        _mark(Path(train_cfg.out), key)
-        results[name] = summary
+    def started(job: Job) -> None:
+        where = f"{job.config.out}" + (f" (log: {WORKER_LOG})" if processes > 1 else "")
         print(
-            f"[demo] {name} done in {summary['seconds']:.0f} s: forgetting of D_held "
+            f"\n[demo] 4/5 training {order[job.name]}/{len(runs)}: {job.name} -> {where}",
+            flush=True,
+        )
+
+    def finished(job: Job, outcome: Outcome) -> None:
+        summary = outcome.summary or {}
+        mark_done(Path(job.config.out), STAGE_FILE, keys[job.name])
+        results[job.name] = summary
+        print(
+            f"[demo] {job.name} done in {summary['seconds']:.0f} s: forgetting of D_held "
             f"{summary['forgetting']:.1%}",
             flush=True,
         )
 
-    if processes == 1:
-        for i, name, train_cfg, key in pending:
-            started(i, name, train_cfg)
-            finished(name, train_cfg, key, _train_job(train_cfg))
-    else:
-        _train_in_workers(pending, processes, started, finished)
+    run_jobs(pending, processes, on_start=started, on_done=finished)
     return {name: results[name] for name, _ in runs}
 
 
 def report_stage(cfg: DemoConfig, out: Path, results: dict[str, dict[str, Any]]) -> str:
     """Stage 5: the report and the comparison table (returned, and saved as summary.md)."""
-    from factkeep.eval.report import build_report, load_run
-
     table = comparison_table(results)
     costs = cost_table(results)
     where = f"\n\nWhere the time went (seconds per run):\n\n{costs}" if costs else ""

@@ -29,15 +29,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from factkeep.config import ConfigError, config_to_dict, help_field
 from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
-from factkeep.models.loading import ModelOptions
+from factkeep.eval.document import text_table
+from factkeep.models.loading import ModelOptions, load_model_and_tokenizer
 from factkeep.rundir import atomic_write_json, atomic_write_jsonl, write_run_metadata
 
-__all__ = ["EvalCommandConfig", "format_relation_table", "format_split_table", "load_sets"]
+__all__ = [
+    "EvalCommandConfig",
+    "format_relation_table",
+    "format_split_accuracy_table",
+    "load_sets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,30 +112,25 @@ def load_sets(entries: list[str], splits_dir: str) -> tuple[dict[str, list[Fact]
     return sets, files
 
 
-def format_split_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+def format_split_accuracy_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """A plain-text table: split, number of facts, accuracy."""
-    width = max(8, *(len(name) for name in metrics))
-    lines = [f"{'split':<{width}} {'n':>7} {'accuracy':>9}", "-" * (width + 18)]
-    for name, m in metrics.items():
-        lines.append(f"{name:<{width}} {m['n']:>7} {m['accuracy']:>9.4f}")
-    return "\n".join(lines)
+    rows = [[name, str(m["n"]), f"{m['accuracy']:.4f}"] for name, m in metrics.items()]
+    return text_table(["split", "n", "accuracy"], rows, min_widths=[8, 7, 9])
 
 
 def format_relation_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """A plain-text table: relation x split, each cell ``accuracy (n)``; blank where absent."""
+    """A plain-text table: relation x split, each cell ``accuracy (n)``; blank where absent.
+
+    The split columns share one width.
+    """
     relations = sorted({rel for m in metrics.values() for rel in m["per_relation"]})
-    width = max(8, *(len(rel) for rel in relations)) if relations else 8
-    cell = max(16, *(len(name) for name in metrics))
-    head = f"{'relation':<{width}} " + " ".join(f"{name:>{cell}}" for name in metrics)
-    lines = [head, "-" * len(head)]
+    rows = []
     for rel in relations:
-        cells = []
-        for m in metrics.values():
-            group = m["per_relation"].get(rel)
-            text = f"{group['accuracy']:.4f} ({group['n']})" if group else ""
-            cells.append(f"{text:>{cell}}")
-        lines.append(f"{rel:<{width}} " + " ".join(cells))
-    return "\n".join(lines)
+        groups = [m["per_relation"].get(rel) for m in metrics.values()]
+        cells = [f"{g['accuracy']:.4f} ({g['n']})" if g else "" for g in groups]
+        rows.append([rel, *cells])
+    width = max([16, *(len(cell) for row in rows for cell in row[1:]), *map(len, metrics)])
+    return text_table(["relation", *metrics], rows, min_widths=[8, *[width] * len(metrics)])
 
 
 def run_eval(cfg: EvalCommandConfig) -> int:
@@ -136,10 +139,8 @@ def run_eval(cfg: EvalCommandConfig) -> int:
     The options and every facts file are checked, and the model is loaded, before anything is
     written.
     """
-    import torch
-
+    # Lazily: it loads transformers, and this module is imported for 'factkeep eval --help'.
     from factkeep.eval.evaluate import evaluate_sets, results_document
-    from factkeep.models.loading import load_model_and_tokenizer
 
     _check_options(cfg)
     sets, files = load_sets(list(cfg.facts), cfg.splits)
@@ -170,7 +171,7 @@ def run_eval(cfg: EvalCommandConfig) -> int:
     atomic_write_json(out / "results.json", results)
 
     print(f"\nAccuracy of {cfg.model} (greedy, exact match):")
-    print(format_split_table(metrics))
+    print(format_split_accuracy_table(metrics))
     print("\nAccuracy per relation:")
     print(format_relation_table(metrics))
     print(f"\nAnswered {n_facts} facts in {seconds:.1f} s; results in {out}")

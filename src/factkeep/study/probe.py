@@ -41,13 +41,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from factkeep.config import ConfigError, help_field
 from factkeep.data.facts import CATEGORIES, Fact, read_facts, write_facts
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError, FactkeepError
-from factkeep.models.loading import ModelOptions
+from factkeep.models.loading import ModelOptions, load_model_and_tokenizer, resolve_device
 from factkeep.probing.slick import PRESETS, ExemplarPool, ProbeProtocol, probe_facts
 from factkeep.rundir import atomic_write_json, atomic_write_text, write_run_metadata
+
+__all__ = [
+    "ProbeCommandConfig",
+    "ProbeOptions",
+    "category_counts",
+    "fingerprint",
+    "format_category_table",
+    "ground_truth_counts",
+    "load_partial",
+    "resolve_protocol",
+    "run_probe",
+    "select_facts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +74,11 @@ _PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(ProbeProtocol))
 
 
 @dataclass
-class ProbeCommandConfig(ModelOptions):
-    """Options of ``factkeep probe``."""
+class ProbeOptions:
+    """How facts are probed: the SLiCK protocol (a preset, and options that override it) and the
+    generation settings. ``factkeep probe`` takes them as its own options, ``factkeep audit`` as
+    its ``probe.*`` section."""
 
-    trust_remote_code: bool = help_field(False, "Allow model code from the hub.")
-    facts: str = help_field("", "Facts JSONL file to probe (required).")
-    out: str = help_field("runs/probe", "Output folder.")
-    exemplars: str | None = help_field(
-        None,
-        "Facts JSONL file of few-shot exemplars (e.g. a dev split); default: the facts file "
-        "itself (never the probed fact, nor one with the same subject or question).",
-    )
-    relations: list[str] = help_field([], "Probe only these relations (default: all).")
-    limit: int = help_field(0, "Probe only the first N facts (after the relation filter; 0 = all).")
     preset: Literal["original", "cheap", "fast"] = help_field(
         "original",
         "original: 10 prompts x 4 exemplars, 1 greedy + 16 samples per prompt (170 generations); "
@@ -103,12 +110,43 @@ class ProbeCommandConfig(ModelOptions):
         "With per_relation exemplar sets, encode each shared exemplar prefix once and reuse its "
         "key/value cache (same answers, faster).",
     )
-    resume: bool = help_field(True, "Continue a partial run in out (false: start over).")
     progress: bool = help_field(True, "Show a progress bar (facts/s).")
+
+    def validate_sizes(self, prefix: str = "") -> None:
+        """Raise :class:`~factkeep.config.ConfigError` if a size option is below 1 (``prefix``:
+        the options' section in the message, e.g. ``probe.``)."""
+        for name in ("batch_size", "max_new_tokens", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class _ProbeInputs(ModelOptions):
+    """The model and facts of ``factkeep probe`` (a base class of :class:`ProbeCommandConfig`, so
+    that ``--help`` and ``config.yaml`` list them before the :class:`ProbeOptions`)."""
+
+    trust_remote_code: bool = help_field(False, "Allow model code from the hub.")
+    facts: str = help_field("", "Facts JSONL file to probe (required).")
+    out: str = help_field("runs/probe", "Output folder.")
+    exemplars: str | None = help_field(
+        None,
+        "Facts JSONL file of few-shot exemplars (e.g. a dev split); default: the facts file "
+        "itself (never the probed fact, nor one with the same subject or question).",
+    )
+    relations: list[str] = help_field([], "Probe only these relations (default: all).")
+    limit: int = help_field(0, "Probe only the first N facts (after the relation filter; 0 = all).")
+
+
+@dataclass
+class ProbeCommandConfig(ProbeOptions, _ProbeInputs):
+    """Options of ``factkeep probe``: the model and facts, the :class:`ProbeOptions`, and
+    resuming."""
+
+    resume: bool = help_field(True, "Continue a partial run in out (false: start over).")
     threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
 
 
-def resolve_protocol(cfg: ProbeCommandConfig) -> ProbeProtocol:
+def resolve_protocol(cfg: ProbeOptions) -> ProbeProtocol:
     """The protocol of ``cfg``: the preset, with every explicitly set (non-null) option on top."""
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
@@ -146,6 +184,8 @@ def select_facts(cfg: ProbeCommandConfig) -> tuple[list[Fact], list[Fact]]:
 
 
 def _digest(facts: list[Fact]) -> str:
+    """A short hash of the facts' identity and content (id, question, answers, relation,
+    subject)."""
     h = hashlib.sha256()
     for fact in facts:
         row = [fact.id, fact.question, fact.answers, fact.relation, fact.subject]
@@ -157,8 +197,6 @@ def fingerprint(
     cfg: ProbeCommandConfig, protocol: ProbeProtocol, facts: list[Fact], pool: list[Fact]
 ) -> dict[str, Any]:
     """Everything that determines the results; a partial run resumes only if it matches."""
-    from factkeep.models.loading import resolve_device
-
     return {
         "model": cfg.model,
         "gguf_file": cfg.gguf_file,
@@ -231,6 +269,7 @@ def load_partial(out: Path, expected: dict[str, Any], facts: list[Fact]) -> list
 
 
 def _append_chunk(path: Path, index: int, records: list[dict]) -> None:
+    """Append a finished chunk's records to the partial file, flushed and fsync'ed."""
     with path.open("a", encoding="utf-8") as handle:
         for rec in records:
             handle.write(json.dumps({"chunk": index, "fact": rec}, ensure_ascii=False) + "\n")
@@ -278,52 +317,97 @@ def format_category_table(counts: dict[str, dict[str, int]], label: str = "relat
     return "\n".join(lines)
 
 
-def run_probe(cfg: ProbeCommandConfig) -> int:
-    """Run ``factkeep probe``: returns the exit code.
-
-    All input is checked (facts, relation filter, exemplars, partial run, model) before anything
-    is written.
-    """
-    import torch
-
-    from factkeep.models.loading import load_model_and_tokenizer
-
+def _check_options(cfg: ProbeCommandConfig) -> None:
+    """Raise :class:`~factkeep.config.ConfigError` on a missing or out-of-range option."""
     if not cfg.model:
         raise ConfigError("model= is required (a Hugging Face model folder or hub id)")
     if not cfg.facts:
         raise ConfigError("facts= is required (a facts JSONL file)")
-    for name in ("batch_size", "max_new_tokens", "chunk_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    protocol = resolve_protocol(cfg)
-    all_facts, facts = select_facts(cfg)
+    cfg.validate_sizes()
+
+
+def _exemplar_pool(
+    cfg: ProbeCommandConfig, all_facts: list[Fact], facts: list[Fact], protocol: ProbeProtocol
+) -> tuple[ExemplarPool, list[Fact]]:
+    """The exemplar pool (``exemplars=`` or the facts file) and its facts, checked against
+    ``facts``."""
     if cfg.exemplars:
         pool_facts, source = read_facts(cfg.exemplars), str(cfg.exemplars)
     else:
         pool_facts, source = all_facts, f"{cfg.facts} (the facts file)"
     pool = ExemplarPool(pool_facts, source)
     pool.check(facts, protocol.k_exemplars)
-    out = Path(cfg.out)
-    expected = fingerprint(cfg, protocol, facts, pool_facts)
+    return pool, pool_facts
+
+
+def _finished_chunks(
+    cfg: ProbeCommandConfig, out: Path, expected: dict[str, Any], facts: list[Fact]
+) -> list[list[dict]]:
+    """The chunks a partial run in ``out`` finished (none with ``resume=false``: its files go)."""
     if not cfg.resume:
         for name in (PARTIAL_FILE, STATE_FILE):
             (out / name).unlink(missing_ok=True)
-    done_chunks = load_partial(out, expected, facts)
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model, cfg.dtype, cfg.device, cfg.gguf_file, cfg.trust_remote_code
-    )
+    return load_partial(out, expected, facts)
 
+
+def _start_run(
+    cfg: ProbeCommandConfig,
+    protocol: ProbeProtocol,
+    out: Path,
+    expected: dict[str, Any],
+    done_chunks: list[list[dict]],
+) -> list[dict]:
+    """Write the run's metadata and settings state; returns the records already probed."""
     resolved = dataclasses.replace(cfg, **dataclasses.asdict(protocol))
     write_run_metadata(out, resolved, seed=cfg.seed)
     atomic_write_json(out / STATE_FILE, expected)
-    partial = out / PARTIAL_FILE
     if not done_chunks:  # a stale partial file without (matching) state is not continued
-        atomic_write_text(partial, "")
-    records = [rec for chunk in done_chunks for rec in chunk]
-    if records:
-        log.info("resuming: %d of %d facts already probed", len(records), len(facts))
+        atomic_write_text(out / PARTIAL_FILE, "")
+    return [rec for chunk in done_chunks for rec in chunk]
+
+
+def _probe_remaining(
+    cfg: ProbeCommandConfig,
+    model: Any,
+    tokenizer: Any,
+    facts: list[Fact],
+    pool: ExemplarPool,
+    protocol: ProbeProtocol,
+    start_chunk: int,
+    records: list[dict],
+    out: Path,
+) -> int:
+    """Probe the chunks from ``start_chunk`` on, appending each to the partial file in ``out``
+    and its records to ``records``; returns the number of facts probed."""
+    partial = out / PARTIAL_FILE
+    chunks = probe_facts(
+        model,
+        tokenizer,
+        facts,
+        pool,
+        protocol,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        chunk_size=cfg.chunk_size,
+        start_chunk=start_chunk,
+        share_prefill=cfg.share_prefill,
+        reuse_prefix=cfg.reuse_prefix,
+        progress=cfg.progress,
+    )
+    probed = 0
+    for index, chunk, results in chunks:
+        new = [res.apply_to(fact).to_dict() for fact, res in zip(chunk, results, strict=True)]
+        _append_chunk(partial, index, new)
+        records.extend(json.loads(json.dumps(rec, ensure_ascii=False)) for rec in new)
+        probed += len(chunk)
+    return probed
+
+
+def _log_plan(facts: list[Fact], n_done: int, protocol: ProbeProtocol) -> None:
+    """Log what is resumed and what is probed."""
+    if n_done:
+        log.info("resuming: %d of %d facts already probed", n_done, len(facts))
     log.info(
         "probing %d facts: %d prompts x %d exemplars, 1 greedy + %d samples (T=%g, top-k %d) "
         "per prompt = %d generations per fact",
@@ -335,39 +419,23 @@ def run_probe(cfg: ProbeCommandConfig) -> int:
         protocol.top_k,
         protocol.generations_per_fact,
     )
-    t0 = time.time()
-    chunks = probe_facts(
-        model,
-        tokenizer,
-        facts,
-        pool,
-        protocol,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-        chunk_size=cfg.chunk_size,
-        start_chunk=len(done_chunks),
-        share_prefill=cfg.share_prefill,
-        reuse_prefix=cfg.reuse_prefix,
-        progress=cfg.progress,
-    )
-    probed_now = 0
-    for index, chunk, results in chunks:
-        new = [res.apply_to(fact).to_dict() for fact, res in zip(chunk, results, strict=True)]
-        _append_chunk(partial, index, new)
-        records.extend(json.loads(json.dumps(rec, ensure_ascii=False)) for rec in new)
-        probed_now += len(chunk)
-    seconds = time.time() - t0
 
-    categorized = [Fact.from_dict(rec) for rec in records]
-    write_facts(out / OUTPUT_FILE, categorized)
+
+def _summary(
+    cfg: ProbeCommandConfig,
+    protocol: ProbeProtocol,
+    exemplars: str,
+    categorized: list[Fact],
+    probed_now: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The content of ``summary.json``."""
     counts = category_counts(categorized)
-    truth = ground_truth_counts(categorized)
-    summary = {
+    return {
         "model": cfg.model,
         "gguf_file": cfg.gguf_file,
         "facts_file": cfg.facts,
-        "exemplars": source,
+        "exemplars": exemplars,
         "n_facts": len(categorized),
         "preset": cfg.preset,
         "protocol": dataclasses.asdict(protocol),
@@ -375,21 +443,64 @@ def run_probe(cfg: ProbeCommandConfig) -> int:
         "seed": cfg.seed,
         "counts": counts,
         "totals": {c: sum(row[c] for row in counts.values()) for c in CATEGORIES},
-        "by_ground_truth": truth,
+        "by_ground_truth": ground_truth_counts(categorized),
         "probed_in_this_run": probed_now,
         "resumed_facts": len(categorized) - probed_now,
         "seconds": round(seconds, 2),
         "facts_per_second": round(probed_now / seconds, 3) if seconds > 0 else None,
     }
+
+
+def _write_results(out: Path, categorized: list[Fact], summary: dict[str, Any]) -> None:
+    """Write ``categories.jsonl`` and ``summary.json``; remove the partial run's files."""
+    write_facts(out / OUTPUT_FILE, categorized)
     atomic_write_json(out / "summary.json", summary)
-    partial.unlink(missing_ok=True)
+    (out / PARTIAL_FILE).unlink(missing_ok=True)
     (out / STATE_FILE).unlink(missing_ok=True)
 
-    print(f"\nSLiCK categories of {len(categorized)} facts ({cfg.model}, preset {cfg.preset}):")
-    print(format_category_table(counts))
-    if truth is not None:
+
+def _print_results(
+    cfg: ProbeCommandConfig, summary: dict[str, Any], seconds: float, out: Path
+) -> None:
+    """Print the category tables and the timing."""
+    print(f"\nSLiCK categories of {summary['n_facts']} facts ({cfg.model}, preset {cfg.preset}):")
+    print(format_category_table(summary["counts"]))
+    if summary["by_ground_truth"] is not None:
         print("\nCategory vs ground truth (qa, bio: pretrained; unseen: never pretrained):")
-        print(format_category_table(truth, label="population"))
-    rate = summary["facts_per_second"]
+        print(format_category_table(summary["by_ground_truth"], label="population"))
+    probed_now, rate = summary["probed_in_this_run"], summary["facts_per_second"]
     print(f"Probed {probed_now} facts in {seconds:.1f} s ({rate} facts/s); results in {out}")
+
+
+def run_probe(cfg: ProbeCommandConfig) -> int:
+    """Run ``factkeep probe``: returns the exit code.
+
+    All input is checked (facts, relation filter, exemplars, partial run, model) before anything
+    is written.
+    """
+    _check_options(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    protocol = resolve_protocol(cfg)
+    all_facts, facts = select_facts(cfg)
+    pool, pool_facts = _exemplar_pool(cfg, all_facts, facts, protocol)
+    out = Path(cfg.out)
+    expected = fingerprint(cfg, protocol, facts, pool_facts)
+    done_chunks = _finished_chunks(cfg, out, expected, facts)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, cfg.dtype, cfg.device, cfg.gguf_file, cfg.trust_remote_code
+    )
+
+    records = _start_run(cfg, protocol, out, expected, done_chunks)
+    _log_plan(facts, len(records), protocol)
+    t0 = time.time()
+    probed_now = _probe_remaining(
+        cfg, model, tokenizer, facts, pool, protocol, len(done_chunks), records, out
+    )
+    seconds = time.time() - t0
+
+    categorized = [Fact.from_dict(rec) for rec in records]
+    summary = _summary(cfg, protocol, pool.source, categorized, probed_now, seconds)
+    _write_results(out, categorized, summary)
+    _print_results(cfg, summary, seconds, out)
     return 0

@@ -56,6 +56,7 @@ def run_report(cfg: ReportCommandConfig) -> int:
             no run folder and no analysis, or if a folder of ``analyses`` holds no analysis.
         DataError: if an ``analysis.json`` is invalid (nothing is written then).
     """
+    # Lazily: it loads matplotlib, and this module is imported for 'factkeep report --help'.
     from factkeep.eval.report import (
         build_report,
         comparison_markdown,

@@ -31,6 +31,7 @@ from pathlib import Path
 from factkeep.config import ConfigError, help_field
 from factkeep.data.facts import read_facts, write_facts
 from factkeep.data.splits import SPLIT_NAMES, Splits, SplitSpec, build_splits
+from factkeep.eval.document import text_table
 from factkeep.rundir import atomic_write_json, write_run_metadata
 
 log = logging.getLogger(__name__)
@@ -44,44 +45,38 @@ class SplitCommandConfig(SplitSpec):
     out: str = help_field("runs/split", "Output folder.")
 
 
-def format_split_table(splits: Splits) -> str:
+def format_split_sizes_table(splits: Splits) -> str:
     """A plain-text table: per relation, its facts, Known fraction and the size of every split."""
     report = splits.report
     sizes = report["sizes"]
     removed = report["removed_for_disjointness"]
-    rels = list(report["relations"])
-    width = max(8, *(len(r) for r in rels))
-    cols = ["facts", "known%", "d_known", "d_unknown", "d_held", "dev HK/U", "rm subj/ans"]
-    head = f"{'relation':<{width}} " + " ".join(f"{c:>11}" for c in cols)
-    lines = [head, "-" * len(head)]
+    header = [
+        "relation", "facts", "known%", "d_known", "d_unknown", "d_held", "dev HK/U", "rm subj/ans"
+    ]  # fmt: skip
+    rows: list[list[str]] = []
     totals = dict.fromkeys(SPLIT_NAMES, 0)
-    for rel in rels:
-        info = report["relations"][rel]
+    for rel, info in report["relations"].items():
+        facts, known = str(info["facts"]), f"{100 * info['known_fraction']:.1f}%"
         if not info["kept"]:
-            lines.append(
-                f"{rel:<{width}} {info['facts']:>11} {100 * info['known_fraction']:>10.1f}% "
-                "    dropped (Known fraction below the threshold)"
-            )
+            rows.append([rel, facts, known, "    dropped (Known fraction below the threshold)"])
             continue
         n = {name: sum(sizes[name].get(rel, {}).values()) for name in SPLIT_NAMES}
         for name in SPLIT_NAMES:
             totals[name] += n[name]
         dev = sizes["dev"].get(rel, {})
-        dev_cell = f"{dev.get('HighlyKnown', 0)}/{dev.get('Unknown', 0)}"
-        rm = f"{removed[rel]['subject']}/{removed[rel]['answer']}"
-        cells = [
-            f"{info['facts']:>11}",
-            f"{100 * info['known_fraction']:>10.1f}%",
-            *(f"{n[name]:>11}" for name in ("d_known", "d_unknown", "d_held")),
-            f"{dev_cell:>11}",
-            f"{rm:>11}",
-        ]
-        lines.append(f"{rel:<{width}} " + " ".join(cells))
-    lines.append(
-        f"{'all':<{width}} {'':>11} {'':>11} "
-        + " ".join(f"{totals[name]:>11}" for name in SPLIT_NAMES)
-    )
-    return "\n".join(lines)
+        rows.append(
+            [
+                rel,
+                facts,
+                known,
+                *(str(n[name]) for name in ("d_known", "d_unknown", "d_held")),
+                f"{dev.get('HighlyKnown', 0)}/{dev.get('Unknown', 0)}",
+                f"{removed[rel]['subject']}/{removed[rel]['answer']}",
+            ]
+        )
+    # The totals stop at the last split (dev), under its column.
+    rows.append(["all", "", "", *(str(totals[name]) for name in SPLIT_NAMES)])
+    return text_table(header, rows, min_widths=[8, *[11] * (len(header) - 1)])
 
 
 def run_split(cfg: SplitCommandConfig) -> int:
@@ -101,7 +96,7 @@ def run_split(cfg: SplitCommandConfig) -> int:
 
     report = splits.report
     print(f"\nSplits of {len(facts)} facts from {cfg.categories}:")
-    print(format_split_table(splits))
+    print(format_split_sizes_table(splits))
     print(
         f"Dropped {report['dropped_multi_answer']} multi-answer facts and "
         f"{len(report['dropped_relations'])} relation(s); 'rm subj/ans' = training candidates "

@@ -32,6 +32,7 @@ Example ``grid.yaml`` (``examples/sweep_grid.yaml`` documents every option)::
     out: runs/sweep
 
     factkeep sweep --config grid.yaml                  # local Ray, one trial per core
+    factkeep sweep --config grid.yaml backend=local    # worker processes, no Ray needed
     factkeep sweep --config grid.yaml backend=serial   # in this process, one after another
     factkeep sweep --config grid.yaml address=auto     # on a running Ray cluster
     factkeep sweep methods=[sft] grid=[seed=0,1] overrides=[model=M,data.splits=S]
@@ -56,8 +57,13 @@ import yaml
 from factkeep.config import ConfigError, config_to_dict, help_field, iter_options, resolve_config
 from factkeep.configs import method_names, resolve_config_path
 from factkeep.errors import FactkeepError
+from factkeep.eval.document import md_table
 from factkeep.rundir import atomic_write_json
+from factkeep.study.jobs import Job, Outcome, run_jobs, worker_plan
+from factkeep.study.train import train_job
 from factkeep.training.config import TrainCommandConfig
+from factkeep.training.run import check_resumable
+from factkeep.training.run_folder import RunFolder
 
 __all__ = ["SweepCommandConfig", "Trial", "format_table", "plan_trials", "run_sweep", "run_trial"]
 
@@ -86,8 +92,11 @@ class SweepCommandConfig:
         "data.splits, optim.epochs).",
     )
     out: str = help_field("runs/sweep", "Output folder: sweep.json and one run folder per trial.")
-    backend: Literal["ray", "serial"] = help_field(
-        "ray", "ray: trials as Ray tasks, in parallel; serial: in this process, one at a time."
+    backend: Literal["ray", "local", "serial"] = help_field(
+        "ray",
+        "ray: trials as Ray tasks, in parallel; local: in worker processes on this machine "
+        "(max_concurrent at once, 0 = one per core), no Ray needed; serial: in this process, "
+        "one at a time.",
     )
     address: str = help_field(
         "", "A running Ray cluster to use (auto, or its head's host:port); empty: a local Ray."
@@ -99,7 +108,7 @@ class SweepCommandConfig:
         0, "torch threads of each trial (its 'threads' option; 0 = cpus_per_trial, at least 1)."
     )
     max_concurrent: int = help_field(
-        0, "The most trials running at once (0 = as Ray's CPUs allow)."
+        0, "The most trials running at once (0 = as Ray's CPUs allow, or one per core)."
     )
     trial_logs: bool = help_field(
         False, "Forward the output of the Ray workers (the trials' logs)."
@@ -200,7 +209,6 @@ def plan_trials(cfg: SweepCommandConfig) -> list[Trial]:
     Raises:
         ConfigError: naming the method, option or trial that is wrong; nothing is written.
     """
-    from factkeep.training.run import check_resumable
 
     if cfg.cpus_per_trial <= 0 or min(cfg.threads_per_trial, cfg.max_concurrent, cfg.num_cpus) < 0:
         raise ConfigError(
@@ -250,13 +258,9 @@ def run_trial(train: TrainCommandConfig) -> dict[str, Any]:
     Returns:
         ``{"status": "done" | "failed", "seconds": ..., "error": ...}``.
     """
-    from factkeep.study.train import train_summary
-    from factkeep.training.run import train as train_run
-
     start, error = time.perf_counter(), None
     try:
-        result = train_run(train)
-        atomic_write_json(result.out / "results.json", train_summary(train, result))
+        train_job(train)
     except Exception as exc:  # a failed trial is recorded, and the others go on
         error = f"{type(exc).__name__}: {exc}"
     status = "failed" if error else "done"
@@ -274,11 +278,9 @@ def _ray_trial(train: TrainCommandConfig, cwd: str) -> dict[str, Any]:
 
 
 def _results(trial: Trial) -> dict[str, Any] | None:
-    try:
-        data = json.loads((Path(trial.folder) / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("final"), dict) else None
+    """The trial's ``results.json`` if it finished (an unreadable one counts as not finished)."""
+    run = RunFolder(trial.folder)
+    return run.results if run.has_results else None
 
 
 def _import_ray() -> Any:
@@ -328,6 +330,21 @@ def _run_ray(cfg: SweepCommandConfig, todo: list[Trial], record: Callable[..., N
             ray.shutdown()
 
 
+def _run_here(cfg: SweepCommandConfig, todo: list[Trial], record: Callable[..., None]) -> None:
+    """The trials in this process (serial) or in local worker processes (local)."""
+    processes = 1
+    if cfg.backend == "local":
+        processes = cfg.max_concurrent or worker_plan(0, 1, len(todo), on_gpu=False)[0]
+    by_name = {t.name: t for t in todo}
+
+    def done(job: Job, outcome: Outcome) -> None:
+        status = {"status": outcome.status, "seconds": outcome.seconds, "error": outcome.error}
+        record(by_name[job.name], status)
+
+    jobs = [Job(t.name, t.train) for t in todo]
+    run_jobs(jobs, processes, on_done=done, stop_on_error=False)
+
+
 def _forgetting(results: dict[str, Any]) -> str:
     value = results.get("forgetting")
     return "-" if value is None else f"{value:.1%}"
@@ -340,10 +357,7 @@ def format_table(trials: Sequence[Trial]) -> str:
     order = ["d_known", "d_unknown", "d_held"]
     sets = sorted({s for r in results.values() if r for s in r["final"]}, key=lambda s: (
         order.index(s) if s in order else len(order), s))  # fmt: skip
-    lines = [
-        "| " + " | ".join(["trial", "method", *keys, *sets, "forgetting", "time"]) + " |",
-        "|" + "---|" * (2 + len(keys)) + "---:|" * (len(sets) + 2),
-    ]
+    rows = []
     for t in trials:
         r = results[t.name]
         swept = [_label(t.values[k]) if k in t.values else "-" for k in keys]
@@ -352,8 +366,8 @@ def format_table(trials: Sequence[Trial]) -> str:
         else:
             finals = [f"{r['final'][s]:.3f}" if s in r["final"] else "-" for s in sets]
             scores = [*finals, _forgetting(r), f"{r.get('seconds') or 0:.0f} s"]
-        lines.append("| " + " | ".join([t.name, t.method, *swept, *scores]) + " |")
-    return "\n".join(lines)
+        rows.append([t.name, t.method, *swept, *scores])
+    return md_table(["trial", "method", *keys, *sets, "forgetting", "time"], rows)
 
 
 def run_sweep(cfg: SweepCommandConfig) -> int:
@@ -407,14 +421,7 @@ def run_sweep(cfg: SweepCommandConfig) -> int:
     if todo and cfg.backend == "ray":
         _run_ray(cfg, todo, record)
     elif todo:
-        import torch
-
-        previous = torch.get_num_threads()
-        try:
-            for trial in todo:
-                record(trial, run_trial(trial.train))
-        finally:
-            torch.set_num_threads(previous)
+        _run_here(cfg, todo, record)
     print(format_table(trials))
     failed = [name for name, s in status.items() if s["status"] == "failed"]
     print(f"\n{len(trials)} trials in {out} ({out / 'sweep.json'}); compare them with:")

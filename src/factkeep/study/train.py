@@ -20,7 +20,7 @@ from factkeep.rundir import atomic_write_json
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.run import TrainResult, is_main_process, train
 
-__all__ = ["format_summary", "run_train", "train_summary"]
+__all__ = ["format_summary", "run_train", "train_job", "train_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,27 @@ def _interval(bounds: list[float] | None) -> str:
     return f" (95% CI {100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%)"
 
 
+def train_job(cfg: TrainCommandConfig) -> tuple[TrainResult, dict[str, Any] | None]:
+    """Train one run and write its ``results.json``: what ``factkeep train``, each run of
+    ``factkeep demo`` and each trial of ``factkeep sweep`` do.
+
+    Returns:
+        The run's result and its summary (``None`` in the processes of a DDP run that do not
+        write files).
+    """
+    result = train(cfg)
+    if not is_main_process():  # under DDP, one process writes the summary
+        return result, None
+    summary = train_summary(cfg, result)
+    atomic_write_json(result.out / "results.json", summary)
+    return result, summary
+
+
 def run_train(cfg: TrainCommandConfig) -> int:
     """Run ``factkeep train``: returns the exit code."""
-    result = train(cfg)
-    if not is_main_process():  # under DDP, one process reports
+    result, results = train_job(cfg)
+    if results is None:
         return 0
-    results = train_summary(cfg, result)
-    atomic_write_json(result.out / "results.json", results)
     print(f"\n{cfg.method}: {results['steps']} steps in {result.seconds:.0f} s")
     print(format_summary(results))
     print(f"Model in {result.model_dir}; metrics in {result.out / 'metrics.jsonl'}")

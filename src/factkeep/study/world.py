@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -30,12 +29,16 @@ from typing import Any
 
 import torch
 
+from factkeep.cache import cache_key
 from factkeep.config import help_field, nested
 from factkeep.data.facts import Fact, write_facts
 from factkeep.data.world import POPULATIONS, World, WorldSpec, build_world
-from factkeep.models.tiny import TinyModelConfig, kv_heads
+from factkeep.models.loading import load_model_and_tokenizer
+from factkeep.models.tiny import TinyModelConfig, build_tiny_model, kv_heads
+from factkeep.models.tokenizer import build_word_tokenizer
+from factkeep.probing.accuracy import accuracy, accuracy_by, answer_facts
 from factkeep.rundir import atomic_write_json, atomic_write_text, write_run_metadata
-from factkeep.training.pretrain import PretrainConfig
+from factkeep.training.pretrain import PretrainConfig, pack_documents, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,11 @@ class WorldCommandConfig:
     threads: int = help_field(0, "CPU threads for torch (0 = torch's default).")
 
 
-def cache_key(cfg: WorldCommandConfig) -> str:
-    """A hash of everything that determines the pretrained model."""
-    payload = json.dumps(
-        {"world": asdict(cfg.world), "model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain)},
-        sort_keys=True,
+def world_key(cfg: WorldCommandConfig) -> str:
+    """The :func:`~factkeep.cache.cache_key` of everything that determines the pretrained model."""
+    return cache_key(
+        {"world": asdict(cfg.world), "model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain)}
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def cached_model_matches(out: Path, key: str) -> bool:
@@ -87,8 +88,6 @@ def world_facts_by_population(facts: list[Fact]) -> dict[str, list[Fact]]:
 
 def qa_accuracy(model: Any, tokenizer: Any, facts: list[Fact], batch_size: int = 256) -> dict:
     """Zero-shot greedy exact-match accuracy overall and per relation."""
-    from factkeep.probing.accuracy import accuracy, accuracy_by, answer_facts
-
     samples = answer_facts(model, tokenizer, facts, batch_size=batch_size)
     return {
         "accuracy": accuracy(samples),
@@ -99,9 +98,6 @@ def qa_accuracy(model: Any, tokenizer: Any, facts: list[Fact], batch_size: int =
 
 def _pretrain_model(cfg: WorldCommandConfig, world: World, out: Path, key: str) -> None:
     """Build tokenizer and model, pretrain (resuming if possible) and save ``out/model``."""
-    from factkeep.models.tiny import build_tiny_model
-    from factkeep.models.tokenizer import build_word_tokenizer
-    from factkeep.training.pretrain import pack_documents, pretrain
 
     tokenizer = build_word_tokenizer(
         world.vocabulary_texts(), model_max_length=cfg.model.max_positions
@@ -154,7 +150,6 @@ def _pretrain_model(cfg: WorldCommandConfig, world: World, out: Path, key: str) 
 
 def run_world(cfg: WorldCommandConfig) -> int:
     """Run ``factkeep world``: returns the exit code."""
-    from factkeep.models.loading import load_model_and_tokenizer
 
     kv_heads(cfg.model)  # a bad model shape fails before anything is written
     if cfg.threads > 0:
@@ -168,7 +163,7 @@ def run_world(cfg: WorldCommandConfig) -> int:
     atomic_write_text(
         out / "corpus_sample.txt", "\n\n".join(world.pretraining_documents(0)[:20]) + "\n"
     )
-    key = cache_key(cfg)
+    key = world_key(cfg)
     if cached_model_matches(out, key) and not cfg.force:
         log.info("reusing the pretrained model in %s (same config)", out / "model")
     else:

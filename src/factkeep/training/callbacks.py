@@ -12,7 +12,12 @@ Each evaluation appends one row to ``metrics.jsonl``::
 ``samples/step-000120.jsonl`` (``{"split", "id", "prediction", "correct"}`` per fact), from which
 fact transitions between any two evaluations are computed. With a ``dev`` set and
 ``patience > 0`` it also stops training once dev accuracy has not improved for ``patience``
-evaluations.
+evaluations. :class:`~factkeep.training.run_folder.MetricsRow` and
+:class:`~factkeep.training.run_folder.SampleRow` read these lines back.
+
+When a run resumes, :meth:`SplitEvalCallback.restore` takes over the rows already written: an
+evaluation the interruption lost is made before training goes on, and a phase whose early stopping
+had already triggered raises :class:`StoppedBeforeTraining` instead of training further.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +38,35 @@ from factkeep.methods.teacher import Teacher
 from factkeep.probing.accuracy import accuracy, answer_facts
 from factkeep.rundir import atomic_write_jsonl
 from factkeep.training.costs import CostMeter
+from factkeep.training.run_folder import MetricsRow, RunFolder, read_metrics, trim_metrics
 
-__all__ = ["EMACallback", "SplitEvalCallback", "read_metrics", "trim_metrics"]
+__all__ = [
+    "EMACallback",
+    "SplitEvalCallback",
+    "StoppedBeforeTraining",
+    "read_metrics",
+    "trim_metrics",
+]
 
 log = logging.getLogger(__name__)
 
+
+class StoppedBeforeTraining(Exception):
+    """Raised by :class:`SplitEvalCallback` before the first step of a resumed phase whose early
+    stopping has already triggered.
+
+    The Trainer runs one optimiser step before it looks at ``should_training_stop``, so a stop
+    decided before training resumes cannot be honoured otherwise. Whoever calls ``train`` catches
+    it: the phase ends with the model of the checkpoint it resumed from.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"training had already stopped early at step {step}")
+        self.step = step
+
+
 EMA_TEACHER_DIR = "ema_teacher"
 """Sub-folder of a checkpoint holding the EMA teacher's weights."""
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (empty if the file does not exist)."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
-
-
-def trim_metrics(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Rewrite ``metrics.jsonl`` with only the rows ``keep`` accepts (used when resuming)."""
-    rows = read_metrics(path)
-    kept = [r for r in rows if keep(r)]
-    if len(kept) != len(rows):
-        atomic_write_jsonl(path, kept)
 
 
 class SplitEvalCallback(TrainerCallback):
@@ -81,7 +92,7 @@ class SplitEvalCallback(TrainerCallback):
     ) -> None:
         self.tokenizer = tokenizer
         self.eval_sets = {k: list(v) for k, v in eval_sets.items()}
-        self.out_dir = Path(out_dir)
+        self.run = RunFolder(out_dir)
         self.phase = phase
         self.step_offset = step_offset
         self.every_steps = every_steps
@@ -98,6 +109,9 @@ class SplitEvalCallback(TrainerCallback):
         self.bad_evals = 0
         self.last_step = -1
         self.stopped_early_at: int | None = None
+        self.evaluated: set[int] = set()
+        """Phase steps that have a metrics row (with those of a resumed run, see restore)."""
+        self.stop_before_training = False
 
     def evaluate(self, model: Any, phase_step: int, epoch: float) -> dict[str, Any]:
         """Answer every set, append a metrics row, write the samples; returns the row."""
@@ -123,32 +137,35 @@ class SplitEvalCallback(TrainerCallback):
             row["acc"][name] = round(accuracy(answers), 6)
             row["n"][name] = len(answers)
             samples.extend({"split": name, **s.to_dict()} for s in answers)
-        atomic_write_jsonl(self.out_dir / "samples" / f"step-{step:06d}.jsonl", samples)
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        atomic_write_jsonl(self.run.sample_path(step), samples)
+        with open(self.run.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         self.last_step = phase_step
+        self.evaluated.add(phase_step)
         accs = ", ".join(f"{k} {v:.3f}" for k, v in row["acc"].items())
         log.info("[%s] step %d (epoch %.2f): %s", self.phase, step, epoch, accs)
         return row
 
-    def restore(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Replay the early-stopping bookkeeping over this phase's rows of a resumed run."""
+    def restore(self, rows: Sequence[MetricsRow]) -> None:
+        """Take over this phase's rows of a resumed run: which steps were evaluated, and the
+        early-stopping bookkeeping."""
         for row in rows:
-            self._maybe_stop(row, None)
+            self.evaluated.add(row.phase_step)
+            self._maybe_stop(row.step, row.acc, None)
 
-    def _maybe_stop(self, row: dict[str, Any], control: Any) -> None:
-        if self.patience <= 0 or "dev" not in row["acc"]:
+    def _maybe_stop(self, step: int, acc: Mapping[str, float], control: Any) -> None:
+        if self.patience <= 0 or "dev" not in acc:
             return
-        dev = row["acc"]["dev"]
+        dev = acc["dev"]
         if dev > self.best_dev + self.min_delta:
             self.best_dev, self.bad_evals = dev, 0
             return
         self.bad_evals += 1
         if self.bad_evals >= self.patience:
-            self.stopped_early_at = row["step"]
+            self.stopped_early_at = step
             log.info(
                 "early stop at step %d: dev accuracy %.3f, no gain over %.3f in %d evaluations",
-                row["step"],
+                step,
                 dev,
                 self.best_dev,
                 self.patience,
@@ -162,29 +179,72 @@ class SplitEvalCallback(TrainerCallback):
         if state.is_world_process_zero:  # under DDP, one process evaluates and writes
             with self.meter.measure("evaluation") if self.meter else contextlib.nullcontext():
                 row = self.evaluate(model, state.global_step, state.epoch or 0.0)
-            self._maybe_stop(row, control)
+            self._maybe_stop(row["step"], row["acc"], control)
         self.last_step = state.global_step
         if _world_size() > 1:  # every process must stop at the same step
             flag = [bool(control.should_training_stop)]
             torch.distributed.broadcast_object_list(flag, src=0)
             control.should_training_stop = flag[0]
 
+    def _step_due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def _epoch_due(self, epoch: float) -> bool:
+        return self.each_epoch and round(epoch) % self.every_epochs == 0
+
+    def _missed_evaluation(self, state: Any) -> bool:
+        """Whether a resumed run starts at an evaluation point that has no metrics row.
+
+        The Trainer saves a step checkpoint (``save_every_steps``) in its step-end hook, before
+        the epoch-end hook that evaluates, and the end of training is evaluated after the last
+        checkpoint: a run killed in between resumes past an evaluation that never ran.
+        """
+        step, epoch = state.global_step, float(state.epoch or 0.0)
+        if step == 0 or step in self.evaluated:
+            return False
+        at_epoch_end = epoch.is_integer() and self._epoch_due(epoch)
+        return self._step_due(step) or at_epoch_end or step >= state.max_steps
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        """Evaluate the starting model (only on a fresh start of the first phase)."""
-        if self.at_start and state.global_step == 0:
+        """Evaluate the starting model (only on a fresh start of the first phase); on resuming,
+        make up for an evaluation of the resumed step that the interruption lost."""
+        if state.global_step == 0:
+            if self.at_start:
+                self._run(state, control, kwargs["model"])
+        elif self._missed_evaluation(state):
+            log.info(
+                "[%s] evaluating step %d, lost when the run stopped",
+                self.phase,
+                self._global_step(state),
+            )
             self._run(state, control, kwargs["model"])
         self.last_step = state.global_step
+        # Early stopping decided before any step of this train call (a resumed run): under DDP
+        # only the main process knows stopped_early_at, the others got should_training_stop.
+        self.stop_before_training = (
+            self.stopped_early_at is not None or control.should_training_stop
+        )
+        control.should_training_stop = self.stop_before_training
+        return control
+
+    def _global_step(self, state: Any) -> int:
+        return self.step_offset + int(state.global_step)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Stop before a step when early stopping triggered before this train call began."""
+        if self.stop_before_training:
+            raise StoppedBeforeTraining(self._global_step(state))
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Evaluate every ``every_steps`` steps."""
-        if self.every_steps and state.global_step % self.every_steps == 0:
+        if self._step_due(state.global_step):
             self._run(state, control, kwargs["model"])
         return control
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Evaluate at the end of every ``every_epochs``-th epoch if asked."""
-        if self.each_epoch and round(state.epoch or 0.0) % self.every_epochs == 0:
+        if self._epoch_due(state.epoch or 0.0):
             self._run(state, control, kwargs["model"])
         return control
 

@@ -217,6 +217,7 @@ class TrainCommandConfig(ModelOptions):
             raise ConfigError("model= is required (an HF model folder or hub id)")
         if not self.data.train:
             raise ConfigError("data.train is empty: nothing to train on")
+        # Lazily: it takes seconds to import, and 'factkeep train --help' loads this module.
         from transformers.training_args import OptimizerNames
 
         optimizers = [o.value for o in OptimizerNames]

@@ -45,7 +45,7 @@ def lora_target_modules(model: nn.Module, groups: list[str]) -> list[str]:
 
 def add_lora(model: nn.Module, cfg: LoraConfig, seed: int) -> Any:
     """Wrap ``model`` with LoRA adapters (rank ``cfg.r``) on ``cfg.target``; base frozen."""
-    try:
+    try:  # peft is optional (factkeep[lora]): imported only when LoRA is asked for
         import peft
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigError("lora.r > 0 needs peft: pip install 'factkeep[lora]'") from exc

@@ -15,12 +15,16 @@ as one ``Trainer.train`` call. The run folder::
 
 Run again on the same folder with ``resume=true`` (the default), a run continues where it was
 interrupted: finished phases are skipped and the current one resumes from its last checkpoint
-(same data order and random state, so the final metrics equal an uninterrupted run's).
+(same data order and random state, so the final metrics equal an uninterrupted run's). An
+evaluation the interruption lost (the Trainer checkpoints a step before evaluating the epoch it
+ends, and the end of training after its last checkpoint) is made when training resumes; a phase
+whose early stopping had triggered ends at its checkpoint.
+
+:class:`~factkeep.training.run_folder.RunFolder` reads a run folder back.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -31,12 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from factkeep.config import ConfigError, config_to_dict
 from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import Fact
 from factkeep.errors import FactkeepError
+from factkeep.methods.ewc import diagonal_fisher
 from factkeep.methods.freezing import FreezeSpec, apply_freezing
 from factkeep.methods.teacher import Teacher
 from factkeep.methods.teacher_cache import TeacherCache
@@ -47,12 +54,13 @@ from factkeep.training.callbacks import (
     EMA_TEACHER_DIR,
     EMACallback,
     SplitEvalCallback,
-    read_metrics,
-    trim_metrics,
+    StoppedBeforeTraining,
 )
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.costs import CostCallback, CostMeter
 from factkeep.training.examples import QACollator, QADataset, ReplayMix
+from factkeep.training.lora import add_lora
+from factkeep.training.run_folder import MetricsRow, RunFolder, trim_metrics
 from factkeep.training.trainer import FactTrainer
 
 __all__ = [
@@ -179,13 +187,17 @@ def _check_inputs(cfg: TrainCommandConfig) -> None:
 
 
 def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
-    """Refuse to resume a run folder that was made with a different config."""
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        return
-    import yaml
+    """Refuse to resume a run folder that was made with a different config.
 
-    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    Raises:
+        ConfigError: ``out`` holds a ``config.yaml`` that differs from ``cfg`` in an option that
+            changes what the run computes (not one of :data:`VOLATILE_OPTIONS`), or that cannot
+            be read.
+    """
+    run = RunFolder(out)
+    if not run.has_config:
+        return
+    old = run.config_dict
     new = config_to_dict(cfg)
     diff = sorted(
         k for k in set(old) | set(new) if k not in VOLATILE_OPTIONS and old.get(k) != new.get(k)
@@ -203,22 +215,16 @@ def _init_processes(device: str) -> None:
     Must run before anything else touches accelerate's shared state, so that a CPU run with
     several processes becomes a gloo DDP run (the state is created once per process).
     """
-    from accelerate import PartialState
-
     PartialState(cpu=resolve_device(device).type == "cpu")
 
 
 def is_main_process() -> bool:
     """Whether this is the process that writes files (always, unless run by a DDP launcher)."""
-    from accelerate import PartialState
-
     return bool(PartialState().is_main_process)
 
 
 def _device(name: str) -> str:
     """``auto`` is this process's device under a distributed launcher (``cuda:LOCAL_RANK``)."""
-    from accelerate import PartialState
-
     if name != "auto" or PartialState().num_processes == 1:
         return name
     return str(PartialState().device)
@@ -226,8 +232,6 @@ def _device(name: str) -> str:
 
 def _barrier() -> None:
     """Wait for every process of a distributed run (no-op in a single process)."""
-    from accelerate import PartialState
-
     PartialState().wait_for_everyone()
 
 
@@ -241,7 +245,7 @@ def _fresh_start(out: Path) -> None:
 def _training_args(cfg: TrainCommandConfig, phase: _Phase, out: Path) -> TrainingArguments:
     save_steps = cfg.save_every_steps
     return TrainingArguments(
-        output_dir=str(out / "checkpoints" / phase.name),
+        output_dir=str(RunFolder(out).checkpoints_dir(phase.name)),
         num_train_epochs=phase.epochs,
         optim=cfg.optim.optimizer,
         learning_rate=phase.lr,
@@ -286,6 +290,7 @@ class _Runner:
     def __init__(self, cfg: TrainCommandConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.run = RunFolder(self.out)
         self.meter = CostMeter()
         with self.meter.measure("load"):
             self.model, self.tokenizer = load_model_and_tokenizer(
@@ -324,8 +329,8 @@ class _Runner:
         if kind == "none":
             return None
         source: str | Path = cfg.model
-        if kind in ("snapshot", "ema") and (self.out / "phases" / "format" / "model").is_dir():
-            source = self.out / "phases" / "format" / "model"
+        if kind in ("snapshot", "ema") and self.run.phase_model_dir("format").is_dir():
+            source = self.run.phase_model_dir("format")
         if kind == "ema" and last_checkpoint and (Path(last_checkpoint) / EMA_TEACHER_DIR).is_dir():
             source = Path(last_checkpoint) / EMA_TEACHER_DIR
         gguf = cfg.gguf_file if source == cfg.model else None
@@ -370,10 +375,6 @@ class _Runner:
         return terms
 
     def _ewc_term(self) -> EWCTerm:
-        from torch.utils.data import DataLoader
-
-        from factkeep.methods.ewc import diagonal_fisher
-
         data = self.dataset(self.cfg.loss.ewc_data)
         loader = DataLoader(data, batch_size=self.cfg.optim.batch_size, collate_fn=self.collator)
         fisher = diagonal_fisher(self.model, loader, self.cfg.loss.ewc_batches)
@@ -422,8 +423,6 @@ class _Runner:
         cfg = self.cfg
         self.model.requires_grad_(True)
         if phase.main and cfg.lora.r > 0:
-            from factkeep.training.lora import add_lora
-
             self.model = add_lora(self.model, cfg.lora, cfg.seed)
             params = list(self.model.parameters())
             self.result.trainable_parameters = sum(p.numel() for p in params if p.requires_grad)
@@ -443,32 +442,54 @@ class _Runner:
 
     def run_phase(self, phase: _Phase, step_offset: int, first: bool) -> int:
         """Train one phase (resuming from its last checkpoint); returns its optimiser steps."""
-        cfg, out = self.cfg, self.out
-        done = out / "phases" / phase.name / "done.json"
-        if done.is_file():
-            info = json.loads(done.read_text(encoding="utf-8"))
-            log.info("phase %s already done (%d steps)", phase.name, info["steps"])
-            return int(info["steps"])
-        args = _training_args(cfg, phase, out)
-        ckpt_dir = Path(str(args.output_dir))
-        last = last_complete_checkpoint(ckpt_dir)
-        resumed_at = int(Path(last).name.split("-")[-1]) if last else -1
-
-        def keep(row: dict[str, Any]) -> bool:
-            if row["phase"] != phase.name:
-                return row["step"] < step_offset or (row["step"] == step_offset and not first)
-            return row["phase_step"] <= resumed_at
-
-        if is_main_process():
-            trim_metrics(out / "metrics.jsonl", keep)
-        _barrier()
+        if self.run.phase_done(phase.name):
+            steps = self.run.phase_steps(phase.name)
+            log.info("phase %s already done (%d steps)", phase.name, steps)
+            return steps
+        args = _training_args(self.cfg, phase, self.out)
+        last = last_complete_checkpoint(self.run.checkpoints_dir(phase.name))
+        self.trim_evaluations(phase, step_offset, first, last)
         self.prepare_model(phase)
         teacher = self.teacher(args, last) if phase.main else None
         data = self.dataset(phase.data, replay=phase.main)
+        eval_cb = self.eval_callback(phase, step_offset, first)
+        trainer, teacher = self.build_trainer(phase, args, data, teacher, eval_cb)
+        log.info(
+            "phase %s: %d examples, %.3g epochs, lr %.3g%s",
+            phase.name,
+            len(data),
+            phase.epochs,
+            phase.lr,
+            f", resuming from {last}" if last else "",
+        )
+        start = time.perf_counter()
+        self.fit(trainer, last, teacher, eval_cb, start)
+        self.finish_phase(phase, trainer, start)
+        return int(trainer.state.global_step)
+
+    def trim_evaluations(
+        self, phase: _Phase, step_offset: int, first: bool, last: str | None
+    ) -> None:
+        """Drop the metrics rows the phase will make again: those of later phases, and its own
+        after the checkpoint it resumes from (all of them without one)."""
+        resumed_at = int(Path(last).name.split("-")[-1]) if last else -1
+
+        def keep(row: MetricsRow) -> bool:
+            if row.phase != phase.name:
+                return row.step < step_offset or (row.step == step_offset and not first)
+            return row.phase_step <= resumed_at
+
+        if is_main_process():
+            trim_metrics(self.run.metrics_path, keep)
+        _barrier()
+
+    def eval_callback(self, phase: _Phase, step_offset: int, first: bool) -> SplitEvalCallback:
+        """The phase's evaluations, knowing those its interrupted run already made."""
+        cfg = self.cfg
         eval_cb = SplitEvalCallback(
             self.tokenizer,
             self.eval_sets,
-            out,
+            self.out,
             phase=phase.name,
             step_offset=step_offset,
             every_steps=cfg.eval.every_steps,
@@ -481,8 +502,20 @@ class _Runner:
             patience=cfg.eval.patience if phase.main else 0,
             meter=self.meter,
         )
-        rows = read_metrics(out / "metrics.jsonl")
-        eval_cb.restore([r for r in rows if r["phase"] == phase.name])
+        eval_cb.restore([row for row in self.run.metrics if row.phase == phase.name])
+        return eval_cb
+
+    def build_trainer(
+        self,
+        phase: _Phase,
+        args: TrainingArguments,
+        data: Any,
+        teacher: Teacher | None,
+        eval_cb: SplitEvalCallback,
+    ) -> tuple[FactTrainer, Teacher | None]:
+        """The phase's Trainer, and the teacher it runs while training (None if it never does:
+        without one, or when a cache of its targets replaces it)."""
+        cfg = self.cfg
         callbacks: list[Any] = [eval_cb]
         if teacher is not None and cfg.teacher.kind == "ema":
             callbacks.append(EMACallback(teacher, cfg.teacher.ema_decay))
@@ -506,39 +539,45 @@ class _Runner:
             or any(isinstance(t, L2ToAnchor) for t in terms),
             callbacks=callbacks,
         )
-        log.info(
-            "phase %s: %d examples, %.3g epochs, lr %.3g%s",
-            phase.name,
-            len(data),
-            phase.epochs,
-            phase.lr,
-            f", resuming from {last}" if last else "",
-        )
-        start = time.perf_counter()
+        return trainer, teacher
+
+    def fit(
+        self,
+        trainer: FactTrainer,
+        last: str | None,
+        teacher: Teacher | None,
+        eval_cb: SplitEvalCallback,
+        start: float,
+    ) -> None:
+        """Run the Trainer (from the checkpoint ``last``, if any) and book what it cost."""
         before = dict(self.meter.seconds)
-        trainer.train(resume_from_checkpoint=last)
-        steps = trainer.state.global_step
+        try:
+            trainer.train(resume_from_checkpoint=last)
+        except StoppedBeforeTraining as stop:
+            log.info("%s; the phase ends with the model of %s", stop, last)
         if teacher is not None:
             self.result.teacher_forwards += teacher.forward_calls
             self.meter.add("teacher", teacher.forward_seconds)
         self.meter.training_loop(time.perf_counter() - start, before)
         if eval_cb.stopped_early_at is not None:
             self.result.stopped_early_at = eval_cb.stopped_early_at
-        final = phase.name == self.result.phases[-1]
+
+    def finish_phase(self, phase: _Phase, trainer: FactTrainer, start: float) -> None:
+        """Save the phase's model, delete its checkpoints (unless kept) and write ``done.json``."""
         if is_main_process():
-            self.save_model(out / "model" if final else out / "phases" / phase.name / "model")
-            if not cfg.keep_checkpoints:  # only needed to resume the phase, which is now done
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
+            final = phase.name == self.result.phases[-1]
+            self.save_model(self.run.model_dir if final else self.run.phase_model_dir(phase.name))
+            if not self.cfg.keep_checkpoints:  # only needed to resume the phase, which is now done
+                shutil.rmtree(self.run.checkpoints_dir(phase.name), ignore_errors=True)
             atomic_write_json(
-                done,
+                self.run.done_path(phase.name),
                 {
-                    "steps": steps,
+                    "steps": trainer.state.global_step,
                     "seconds": round(time.perf_counter() - start, 2),
                     "log_history": trainer.state.log_history,
                 },
             )
         _barrier()
-        return int(steps)
 
 
 def train(cfg: TrainCommandConfig) -> TrainResult:
@@ -570,9 +609,9 @@ def train(cfg: TrainCommandConfig) -> TrainResult:
     offset = 0
     stale_from: Path | None = None  # a skipped (finished) phase's model the next phase starts from
     for i, phase in enumerate(phases):
-        if (out / "phases" / phase.name / "done.json").is_file():
+        if runner.run.phase_done(phase.name):
             final = i == len(phases) - 1
-            stale_from = out / "model" if final else out / "phases" / phase.name / "model"
+            stale_from = runner.run.model_dir if final else runner.run.phase_model_dir(phase.name)
         elif stale_from is not None:
             with runner.meter.measure("load"):
                 runner.model, _ = load_model_and_tokenizer(
@@ -582,5 +621,5 @@ def train(cfg: TrainCommandConfig) -> TrainResult:
         offset += runner.run_phase(phase, offset, first=i == 0)
     runner.result.seconds = round(time.perf_counter() - start, 2)
     runner.result.cost_seconds = runner.meter.as_dict()
-    runner.result.metrics = read_metrics(out / "metrics.jsonl")
+    runner.result.metrics = [row.to_dict() for row in runner.run.metrics]
     return runner.result
