@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test quick lint format clean models
+.PHONY: setup demo test quick lint format clean models wheel
 
 setup: $(VENV)/.installed
 
@@ -39,9 +39,15 @@ test: lint
 quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
+# The wheel and the source distribution, in dist/ (.ci/wheel-smoke installs the wheel into a fresh
+# venv outside the repository and runs a tiny demo with it).
+wheel: setup
+	rm -f dist/factkeep-*
+	$(BIN)/python -m build --outdir dist .
+
 format: setup
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs dist .pytest_cache .ruff_cache

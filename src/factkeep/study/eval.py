@@ -3,7 +3,11 @@
 Every fact set is answered greedily with the training prompt (``Q: {question}\\nA:``) and scored by
 exact match, as the training runs' evaluations are (:mod:`factkeep.eval.evaluate`). ``facts=``
 lists split names, resolved in the ``splits=`` folder (``d_held`` -> ``<splits>/d_held.jsonl``),
-or JSONL paths (facts files or TRL prompt/completion files); a set is named by its file stem.
+JSONL paths (facts files or TRL prompt/completion files; a set is named by its file stem) or
+Hugging Face dataset sources (``hub:owner/name:split``, a ``save_to_disk`` folder, a
+Parquet/JSON/CSV file; named as :func:`~factkeep.data.fact_sets.fact_set_name` says, e.g.
+``trivia_qa-validation``), their columns mapped by ``columns.*`` or ``#field=column``
+(docs/datasets.md).
 
 Output folder (``out=``, default ``runs/eval``)::
 
@@ -31,9 +35,10 @@ from typing import Any
 
 import torch
 
-from factkeep.config import ConfigError, config_to_dict, help_field
-from factkeep.data.fact_sets import load_fact_set
+from factkeep.config import ConfigError, config_to_dict, help_field, nested
+from factkeep.data.fact_sets import fact_set_name, fact_set_source, is_split_name, load_fact_set
 from factkeep.data.facts import Fact
+from factkeep.data.hf_facts import ColumnMap
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError
 from factkeep.eval.document import text_table
@@ -56,10 +61,15 @@ class EvalCommandConfig(ModelOptions):
 
     facts: list[str] = help_field(
         [],
-        "Fact sets to evaluate (required): split names found in the splits folder, or JSONL "
-        "paths (facts or TRL prompt/completion). A set is named by its file stem.",
+        "Fact sets to evaluate (required): split names found in the splits folder, JSONL "
+        "paths (facts or TRL prompt/completion; named by their file stem), or Hugging Face "
+        "datasets (a save_to_disk folder, .parquet/.json/.csv, hf:PATH, hub:owner/name[:split]; "
+        "docs/datasets.md).",
     )
     splits: str = help_field("", "Folder of the split files (the output of factkeep split).")
+    columns: ColumnMap = nested(
+        ColumnMap, "Dataset columns of the fact fields (Hugging Face dataset sources only)."
+    )
     template: str = help_field(DEFAULT_TEMPLATE, "Prompt template; {question} is replaced.")
     out: str = help_field("runs/eval", "Output folder.")
     batch_size: int = help_field(256, "Prompts per generate call.")
@@ -72,7 +82,9 @@ def _check_options(cfg: EvalCommandConfig) -> None:
     if not cfg.model:
         raise ConfigError("model= is required (a Hugging Face model folder or hub id)")
     if not cfg.facts:
-        raise ConfigError("facts= is required (split names or JSONL paths, e.g. facts=[d_held])")
+        raise ConfigError(
+            "facts= is required (split names, JSONL paths or dataset sources, e.g. facts=[d_held])"
+        )
     for name in ("batch_size", "max_new_tokens"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -86,29 +98,35 @@ def _check_options(cfg: EvalCommandConfig) -> None:
         raise ConfigError(f"template {cfg.template!r} cannot be filled: {exc}") from exc
 
 
-def load_sets(entries: list[str], splits_dir: str) -> tuple[dict[str, list[Fact]], dict[str, str]]:
-    """Read and validate every fact set; returns (name -> facts, name -> file).
+def load_sets(
+    entries: list[str], splits_dir: str, columns: ColumnMap | None = None
+) -> tuple[dict[str, list[Fact]], dict[str, str]]:
+    """Read and validate every fact set; returns (name -> facts, name -> file or dataset).
+
+    Args:
+        entries: Split names, JSONL paths or dataset sources.
+        splits_dir: The folder of split names.
+        columns: The column mapping of dataset sources.
 
     Raises:
         ConfigError: a missing file, a split name without ``splits=``, or two sets with one name.
-        DataError: an invalid or empty file (located by file and line).
+        DataError: an invalid or empty file or dataset (located by file and line, or row).
     """
     sets: dict[str, list[Fact]] = {}
     files: dict[str, str] = {}
     for entry in entries:
-        if not entry.endswith(".jsonl") and not splits_dir:
+        if is_split_name(entry) and not splits_dir:
             raise ConfigError(f"'{entry}' is a split name but splits= is not set")
-        path = Path(entry) if entry.endswith(".jsonl") else Path(splits_dir) / f"{entry}.jsonl"
-        name = path.stem
+        name, where = fact_set_name(entry), fact_set_source(entry, splits_dir)
         if name in sets:
             raise ConfigError(
-                f"two fact sets are named '{name}' ({files[name]} and {path}); "
-                "set names are file stems and must differ"
+                f"two fact sets are named '{name}' ({files[name]} and {where}); "
+                "set names (file stems, dataset names) must differ"
             )
-        facts = load_fact_set(entry, splits_dir)
+        facts = load_fact_set(entry, splits_dir, columns)
         if not facts:
-            raise DataError("no facts in the file", path)
-        sets[name], files[name] = facts, str(path)
+            raise DataError("no facts in the file", where)
+        sets[name], files[name] = facts, where
     return sets, files
 
 
@@ -143,7 +161,7 @@ def run_eval(cfg: EvalCommandConfig) -> int:
     from factkeep.eval.evaluate import evaluate_sets, results_document
 
     _check_options(cfg)
-    sets, files = load_sets(list(cfg.facts), cfg.splits)
+    sets, files = load_sets(list(cfg.facts), cfg.splits, cfg.columns)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = load_model_and_tokenizer(

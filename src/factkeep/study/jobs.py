@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -113,9 +114,23 @@ def _run_logged(cfg: TrainCommandConfig) -> dict[str, Any]:
             root.removeHandler(handler)
 
 
-def _failed(exc: BaseException, start: float) -> Outcome:
-    error = f"{type(exc).__name__}: {exc}"
-    return Outcome("failed", round(time.perf_counter() - start, 1), error=error)
+def _conclude(
+    job: Job,
+    start: float,
+    summary_of: Callable[[], dict[str, Any]],
+    on_done: Callable[[Job, Outcome], None],
+    stop_on_error: bool,
+) -> None:
+    """Report how ``job`` ended: ``summary_of()`` gives its summary or raises its error."""
+    try:
+        summary = summary_of()
+    except Exception as exc:
+        if stop_on_error:
+            raise
+        error = f"{type(exc).__name__}: {exc}"
+        on_done(job, Outcome("failed", round(time.perf_counter() - start, 1), error=error))
+        return
+    on_done(job, Outcome("done", round(time.perf_counter() - start, 1), summary))
 
 
 def _in_this_process(
@@ -129,14 +144,8 @@ def _in_this_process(
         for job in jobs:
             on_start(job)
             start = time.perf_counter()
-            try:
-                summary = _run(job.config)
-            except Exception as exc:
-                if stop_on_error:
-                    raise
-                on_done(job, _failed(exc, start))
-                continue
-            on_done(job, Outcome("done", round(time.perf_counter() - start, 1), summary))
+            run = functools.partial(_run, job.config)
+            _conclude(job, start, run, on_done, stop_on_error)
     finally:
         torch.set_num_threads(previous)
 
@@ -162,14 +171,7 @@ def _in_workers(
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     job, start = running.pop(future)
-                    try:
-                        summary = future.result()
-                    except Exception as exc:
-                        if stop_on_error:
-                            raise
-                        on_done(job, _failed(exc, start))
-                        continue
-                    on_done(job, Outcome("done", round(time.perf_counter() - start, 1), summary))
+                    _conclude(job, start, future.result, on_done, stop_on_error)
         except BaseException:
             for future in running:
                 future.cancel()

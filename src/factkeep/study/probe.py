@@ -15,6 +15,10 @@ Presets: ``preset=original`` (default; 10 prompts x (1 greedy + 16 samples)) or 
 preset's value"; any option given explicitly wins over the preset. ``config.yaml`` records the
 resolved values.
 
+``facts=`` (and ``exemplars=``) take a facts JSONL file or a Hugging Face dataset source
+(``hub:owner/name:split``, a ``save_to_disk`` folder, a Parquet/JSON/CSV file; its columns mapped by
+``columns.*`` or ``#field=column``: :mod:`factkeep.data.hf_facts`, docs/datasets.md).
+
 Exemplars come from ``exemplars=FILE`` (e.g. a dev split) or, by default, from the facts file
 itself; never the probed fact, nor a fact with the same subject or question.
 
@@ -43,8 +47,10 @@ from typing import Any, Literal
 
 import torch
 
-from factkeep.config import ConfigError, help_field
-from factkeep.data.facts import CATEGORIES, Fact, read_facts, write_facts
+from factkeep.config import ConfigError, help_field, nested
+from factkeep.data.fact_sets import read_fact_source
+from factkeep.data.facts import CATEGORIES, Fact, write_facts
+from factkeep.data.hf_facts import ColumnMap
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.errors import DataError, FactkeepError
 from factkeep.models.loading import ModelOptions, load_model_and_tokenizer, resolve_device
@@ -126,15 +132,23 @@ class _ProbeInputs(ModelOptions):
     that ``--help`` and ``config.yaml`` list them before the :class:`ProbeOptions`)."""
 
     trust_remote_code: bool = help_field(False, "Allow model code from the hub.")
-    facts: str = help_field("", "Facts JSONL file to probe (required).")
+    facts: str = help_field(
+        "",
+        "Facts to probe (required): a facts JSONL file or a Hugging Face dataset (a save_to_disk "
+        "folder, .parquet/.json/.csv, hf:PATH, hub:owner/name[:split]; docs/datasets.md).",
+    )
     out: str = help_field("runs/probe", "Output folder.")
     exemplars: str | None = help_field(
         None,
-        "Facts JSONL file of few-shot exemplars (e.g. a dev split); default: the facts file "
-        "itself (never the probed fact, nor one with the same subject or question).",
+        "Facts of few-shot exemplars (e.g. a dev split; a JSONL file or a dataset, as facts); "
+        "default: the facts themselves (never the probed fact, nor one with the same subject or "
+        "question).",
     )
     relations: list[str] = help_field([], "Probe only these relations (default: all).")
     limit: int = help_field(0, "Probe only the first N facts (after the relation filter; 0 = all).")
+    columns: ColumnMap = nested(
+        ColumnMap, "Dataset columns of the fact fields (Hugging Face dataset sources only)."
+    )
 
 
 @dataclass
@@ -161,7 +175,7 @@ def select_facts(cfg: ProbeCommandConfig) -> tuple[list[Fact], list[Fact]]:
     Raises:
         DataError: unreadable facts, an unknown relation in the filter, or nothing to probe.
     """
-    all_facts = read_facts(cfg.facts)
+    all_facts = read_fact_source(cfg.facts, cfg.columns)
     if not all_facts:
         raise DataError("no facts in the file", cfg.facts)
     selected = all_facts
@@ -322,7 +336,7 @@ def _check_options(cfg: ProbeCommandConfig) -> None:
     if not cfg.model:
         raise ConfigError("model= is required (a Hugging Face model folder or hub id)")
     if not cfg.facts:
-        raise ConfigError("facts= is required (a facts JSONL file)")
+        raise ConfigError("facts= is required (a facts JSONL file or a dataset source)")
     cfg.validate_sizes()
 
 
@@ -332,7 +346,7 @@ def _exemplar_pool(
     """The exemplar pool (``exemplars=`` or the facts file) and its facts, checked against
     ``facts``."""
     if cfg.exemplars:
-        pool_facts, source = read_facts(cfg.exemplars), str(cfg.exemplars)
+        pool_facts, source = read_fact_source(cfg.exemplars, cfg.columns), str(cfg.exemplars)
     else:
         pool_facts, source = all_facts, f"{cfg.facts} (the facts file)"
     pool = ExemplarPool(pool_facts, source)

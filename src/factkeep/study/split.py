@@ -2,7 +2,9 @@
 
 The splits of docs/method.md section 3.
 
-Reads the ``categories.jsonl`` of ``factkeep probe`` and writes (``out=``, default ``runs/split``)::
+Reads the ``categories.jsonl`` of ``factkeep probe`` (or a Hugging Face dataset of facts whose
+category column is set: :mod:`factkeep.data.hf_facts`) and writes (``out=``, default
+``runs/split``)::
 
     config.yaml, env.json                        the resolved config and the environment
     d_known.jsonl, d_unknown.jsonl               the training facts (HighlyKnown / Unknown)
@@ -28,8 +30,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from factkeep.config import ConfigError, help_field
-from factkeep.data.facts import read_facts, write_facts
+from factkeep.config import ConfigError, help_field, nested
+from factkeep.data.fact_sets import read_fact_source
+from factkeep.data.facts import write_facts
+from factkeep.data.hf_facts import ColumnMap
 from factkeep.data.splits import SPLIT_NAMES, Splits, SplitSpec, build_splits
 from factkeep.eval.document import text_table
 from factkeep.rundir import atomic_write_json, write_run_metadata
@@ -41,8 +45,15 @@ log = logging.getLogger(__name__)
 class SplitCommandConfig(SplitSpec):
     """Options of ``factkeep split`` (the split options of :class:`SplitSpec` plus files)."""
 
-    categories: str = help_field("", "categories.jsonl written by 'factkeep probe' (required).")
+    categories: str = help_field(
+        "",
+        "categories.jsonl written by 'factkeep probe' (required), or a Hugging Face dataset of "
+        "facts with a category column (docs/datasets.md).",
+    )
     out: str = help_field("runs/split", "Output folder.")
+    columns: ColumnMap = nested(
+        ColumnMap, "Dataset columns of the fact fields (Hugging Face dataset sources only)."
+    )
 
 
 def format_split_sizes_table(splits: Splits) -> str:
@@ -83,7 +94,7 @@ def run_split(cfg: SplitCommandConfig) -> int:
     """Run ``factkeep split``: returns the exit code. Nothing is written if the input is bad."""
     if not cfg.categories:
         raise ConfigError("categories= is required (the categories.jsonl of 'factkeep probe')")
-    facts = read_facts(cfg.categories)
+    facts = read_fact_source(cfg.categories, cfg.columns)
     spec = SplitSpec(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SplitSpec)})
     splits = build_splits(facts, spec, source=cfg.categories)
 

@@ -18,14 +18,23 @@ evaluations. :class:`~factkeep.training.run_folder.MetricsRow` and
 When a run resumes, :meth:`SplitEvalCallback.restore` takes over the rows already written: an
 evaluation the interruption lost is made before training goes on, and a phase whose early stopping
 had already triggered raises :class:`StoppedBeforeTraining` instead of training further.
+
+With logging backends (``report_to``), :func:`route_trackers` makes the Trainer's tracker callbacks
+(TensorBoard, W&B, MLflow, ...) count steps over all phases (:class:`GlobalStepTracker`) and hands
+the evaluation callback the Trainer's ``log``: every evaluation is logged as ``eval_acc_<split>``
+at its step, and the end of the last phase as ``eval_final_acc_<split>``,
+``eval_final_forgetting_d_held`` and ``eval_final_decline_d_held`` (the summary of
+``results.json``), which the trackers show as ``eval/acc_d_held``, ``eval/final_forgetting_d_held``,
+... (docs/trackers.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,7 @@ from transformers import TrainerCallback
 
 from factkeep.data.facts import Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
+from factkeep.eval.metrics import summarize_run
 from factkeep.methods.teacher import Teacher
 from factkeep.probing.accuracy import accuracy, answer_facts
 from factkeep.rundir import atomic_write_jsonl
@@ -42,9 +52,11 @@ from factkeep.training.run_folder import MetricsRow, RunFolder, read_metrics, tr
 
 __all__ = [
     "EMACallback",
+    "GlobalStepTracker",
     "SplitEvalCallback",
     "StoppedBeforeTraining",
     "read_metrics",
+    "route_trackers",
     "trim_metrics",
 ]
 
@@ -89,6 +101,7 @@ class SplitEvalCallback(TrainerCallback):
         patience: int = 0,
         min_delta: float = 0.0,
         meter: CostMeter | None = None,
+        last_phase: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.eval_sets = {k: list(v) for k, v in eval_sets.items()}
@@ -112,6 +125,10 @@ class SplitEvalCallback(TrainerCallback):
         self.evaluated: set[int] = set()
         """Phase steps that have a metrics row (with those of a resumed run, see restore)."""
         self.stop_before_training = False
+        self.last_phase = last_phase
+        """Whether this is the run's last phase: its end logs the run's summary."""
+        self.log_to: Callable[[dict[str, float]], None] | None = None
+        """The Trainer's ``log`` when there are trackers (set by :func:`route_trackers`)."""
 
     def evaluate(self, model: Any, phase_step: int, epoch: float) -> dict[str, Any]:
         """Answer every set, append a metrics row, write the samples; returns the row."""
@@ -179,6 +196,7 @@ class SplitEvalCallback(TrainerCallback):
         if state.is_world_process_zero:  # under DDP, one process evaluates and writes
             with self.meter.measure("evaluation") if self.meter else contextlib.nullcontext():
                 row = self.evaluate(model, state.global_step, state.epoch or 0.0)
+            self._report({f"eval_acc_{name}": value for name, value in row["acc"].items()})
             self._maybe_stop(row["step"], row["acc"], control)
         self.last_step = state.global_step
         if _world_size() > 1:  # every process must stop at the same step
@@ -249,9 +267,114 @@ class SplitEvalCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        """Make sure the final model is evaluated."""
+        """Make sure the final model is evaluated; at the end of the run, log its summary."""
         self._run(state, control, kwargs["model"])
+        if self.last_phase and state.is_world_process_zero:
+            self._report(self.final_scalars())
         return control
+
+    def _report(self, logs: dict[str, float]) -> None:
+        """Send scalars to the trackers through the Trainer's ``log`` (if there are any)."""
+        if self.log_to is not None and logs:
+            self.log_to(dict(logs))
+
+    def final_scalars(self) -> dict[str, float]:
+        """The run's summary over every phase's evaluations, as in ``results.json``: final
+        accuracy per set (``eval_final_acc_<set>``) and the forgetting and absolute decline of
+        D_held (``eval_final_forgetting_d_held``, ``eval_final_decline_d_held``)."""
+        summary = summarize_run([row.to_dict() for row in self.run.metrics])
+        scalars = {f"eval_final_acc_{name}": float(v) for name, v in summary["final"].items()}
+        if summary["forgetting"] is not None:
+            scalars["eval_final_forgetting_d_held"] = float(summary["forgetting"])
+            scalars["eval_final_decline_d_held"] = float(summary["held_decline"])
+        return scalars
+
+
+_EVENTS = [name for name in vars(TrainerCallback) if name.startswith("on_")]
+"""The Trainer's callback events (``on_train_begin``, ``on_log``, ``on_save``, ...)."""
+
+
+class GlobalStepTracker(TrainerCallback):
+    """A tracker callback of the Trainer (TensorBoard, W&B, MLflow, ...) that counts steps over
+    all phases.
+
+    Every phase is its own ``Trainer.train`` call whose steps start at 0; the tracker gets each
+    event with ``state.global_step`` raised by ``step_offset``, the steps of the earlier phases,
+    as in the ``step`` of ``metrics.jsonl``. Its ``on_train_begin`` is sent before the first log
+    if that comes first: the evaluation of the starting model is logged by the evaluation
+    callback's ``on_train_begin``, which runs before this one's.
+    """
+
+    def __init__(self, tracker: TrainerCallback, step_offset: int) -> None:
+        self.tracker = tracker
+        self.step_offset = step_offset
+        self.begun = False
+
+    def _send(self, event: str, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        shifted = copy.copy(state)
+        shifted.global_step = int(state.global_step) + self.step_offset
+        return getattr(self.tracker, event)(args, shifted, control, **kwargs)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Start the tracker (once)."""
+        if self.begun:
+            return control
+        self.begun = True
+        return self._send("on_train_begin", args, state, control, **kwargs)
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Log at the global step (starting the tracker first if it has not started)."""
+        if not self.begun:
+            begin = {k: v for k, v in kwargs.items() if k != "logs"}
+            control = self.on_train_begin(args, state, control, **begin) or control
+        return self._send("on_log", args, state, control, **kwargs)
+
+
+def _forward(event: str) -> Callable[..., Any]:
+    def forward(self: GlobalStepTracker, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self._send(event, args, state, control, **kwargs)
+
+    forward.__name__ = event
+    forward.__doc__ = f"Forward ``{event}`` at the global step."
+    return forward
+
+
+for _event in _EVENTS:
+    if _event not in vars(GlobalStepTracker):
+        setattr(GlobalStepTracker, _event, _forward(_event))
+
+
+def route_trackers(trainer: Any, eval_cb: SplitEvalCallback, tensorboard_dir: str | Path) -> int:
+    """Connect a phase's Trainer, its tracker callbacks (``report_to``) and ``eval_cb``.
+
+    Each tracker callback is wrapped in a :class:`GlobalStepTracker` (offset: the phase's
+    ``eval_cb.step_offset``) and moved right after ``eval_cb``, so that the run's final evaluation
+    and summary, logged by ``eval_cb.on_train_end``, reach the trackers before their own
+    ``on_train_end`` closes them. ``eval_cb`` logs through ``trainer.log``, so every backend (and
+    ``state.log_history``) gets the accuracies. TensorBoard writes to ``tensorboard_dir``, one
+    folder for all phases (unless ``TENSORBOARD_LOGGING_DIR`` says otherwise; by default the
+    Trainer would write under the phase's checkpoint folder, deleted when the phase ends).
+
+    Returns:
+        How many tracker callbacks were routed (0: nothing changed).
+    """
+    # Lazily: the integrations module imports every backend it finds.
+    from transformers.integrations import TensorBoardCallback, get_reporting_integration_callbacks
+
+    handler = trainer.callback_handler
+    kinds = tuple(get_reporting_integration_callbacks(trainer.args.report_to))
+    trackers = [cb for cb in handler.callbacks if kinds and isinstance(cb, kinds)]
+    if not trackers:
+        return 0
+    for cb in trackers:
+        if isinstance(cb, TensorBoardCallback) and getattr(cb, "logging_dir", None) is None:
+            cb.logging_dir = str(tensorboard_dir)
+    rest = [cb for cb in handler.callbacks if cb not in trackers]
+    at = rest.index(eval_cb) + 1
+    wrapped = [GlobalStepTracker(cb, eval_cb.step_offset) for cb in trackers]
+    handler.callbacks = [*rest[:at], *wrapped, *rest[at:]]
+    eval_cb.log_to = trainer.log
+    return len(trackers)
 
 
 class EMACallback(TrainerCallback):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from factkeep.config import ConfigError, help_field, nested
+from factkeep.data.hf_facts import ColumnMap
 from factkeep.data.prompts import DEFAULT_TEMPLATE
 from factkeep.models.loading import ModelOptions
 
@@ -32,13 +33,16 @@ class DataConfig:
     )
     train: list[str] = help_field(
         ["d_known", "d_unknown"],
-        "Training sets of the main phase: split names in 'splits', or JSONL paths (facts or "
-        "TRL prompt/completion).",
+        "Training sets of the main phase: split names in 'splits', JSONL paths (facts or "
+        "TRL prompt/completion) or Hugging Face dataset sources (docs/datasets.md).",
     )
     eval: list[str] = help_field(
         ["d_known", "d_unknown", "d_held"], "Sets evaluated along training (names or paths)."
     )
     template: str = help_field(DEFAULT_TEMPLATE, "Prompt template; the answer follows it.")
+    columns: ColumnMap = nested(
+        ColumnMap, "Dataset columns of the fact fields (Hugging Face dataset sources only)."
+    )
 
 
 @dataclass

@@ -11,6 +11,7 @@ as one ``Trainer.train`` call. The run folder::
     phases/<phase>/model/        the model at the end of an intermediate phase (the snapshot)
     phases/<phase>/done.json     steps, seconds and the Trainer's log history of a finished phase
     teacher_cache/<phase>.safetensors   precomputed top-k teacher targets (teacher.cache_top_k)
+    tensorboard/                 TensorBoard event files of all phases (report_to=tensorboard)
     model/                       the final model and tokenizer (an ordinary HF model folder)
 
 Run again on the same folder with ``resume=true`` (the default), a run continues where it was
@@ -19,6 +20,10 @@ interrupted: finished phases are skipped and the current one resumes from its la
 evaluation the interruption lost (the Trainer checkpoints a step before evaluating the epoch it
 ends, and the end of training after its last checkpoint) is made when training resumes; a phase
 whose early stopping had triggered ends at its checkpoint.
+
+With ``report_to`` (tensorboard, wandb, mlflow, ...), the Trainer's trackers get the logged losses
+and terms, every evaluation's accuracies and the run's final summary, all at global steps
+(:func:`~factkeep.training.callbacks.route_trackers`, docs/trackers.md).
 
 :class:`~factkeep.training.run_folder.RunFolder` reads a run folder back.
 """
@@ -40,8 +45,9 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from factkeep.config import ConfigError, config_to_dict
-from factkeep.data.fact_sets import load_fact_set
+from factkeep.data.fact_sets import fact_set_name, load_fact_set
 from factkeep.data.facts import Fact
+from factkeep.data.hf_facts import ColumnMap
 from factkeep.errors import FactkeepError
 from factkeep.methods.ewc import diagonal_fisher
 from factkeep.methods.freezing import FreezeSpec, apply_freezing
@@ -55,6 +61,7 @@ from factkeep.training.callbacks import (
     EMACallback,
     SplitEvalCallback,
     StoppedBeforeTraining,
+    route_trackers,
 )
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.costs import CostCallback, CostMeter
@@ -84,6 +91,9 @@ VOLATILE_OPTIONS = {
 }
 """Options that do not change what a run computes (ignored when comparing run configs)."""
 
+TENSORBOARD_DIR = "tensorboard"
+"""Sub-folder of a run folder with the TensorBoard event files of all its phases."""
+
 
 @dataclass
 class TrainResult:
@@ -101,10 +111,10 @@ class TrainResult:
     cost_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _load_sets(entries: Sequence[str], splits_dir: str) -> list[Fact]:
+def _load_sets(entries: Sequence[str], splits_dir: str, columns: ColumnMap) -> list[Fact]:
     facts: list[Fact] = []
     for entry in entries:
-        facts.extend(load_fact_set(entry, splits_dir))
+        facts.extend(load_fact_set(entry, splits_dir, columns))
     return facts
 
 
@@ -183,7 +193,7 @@ def _check_inputs(cfg: TrainCommandConfig) -> None:
     if cfg.eval.patience > 0:
         entries.append(cfg.eval.dev)
     for entry in dict.fromkeys(entries):
-        load_fact_set(entry, cfg.data.splits)
+        load_fact_set(entry, cfg.data.splits, cfg.data.columns)
 
 
 def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
@@ -236,7 +246,7 @@ def _barrier() -> None:
 
 
 def _fresh_start(out: Path) -> None:
-    for name in ("checkpoints", "phases", "samples", "model", "teacher_cache"):
+    for name in ("checkpoints", "phases", "samples", "model", "teacher_cache", TENSORBOARD_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("metrics.jsonl", "results.json"):
         (out / name).unlink(missing_ok=True)
@@ -301,20 +311,23 @@ class _Runner:
         if cfg.eval.patience > 0 and cfg.eval.dev not in eval_names:
             eval_names.append(cfg.eval.dev)
         self.eval_sets = {
-            Path(name).stem: _subsample(
-                load_fact_set(name, cfg.data.splits), cfg.eval.max_facts, cfg.seed, name
+            fact_set_name(name): _subsample(
+                load_fact_set(name, cfg.data.splits, cfg.data.columns),
+                cfg.eval.max_facts,
+                cfg.seed,
+                name,
             )
             for name in eval_names
         }
         self.result = TrainResult(out=self.out, model_dir=self.out / "model", metrics=[])
 
     def dataset(self, entries: Sequence[str], replay: bool = False) -> Any:
-        facts = _load_sets(entries, self.cfg.data.splits)
+        facts = _load_sets(entries, self.cfg.data.splits, self.cfg.data.columns)
         if not facts:
             raise ConfigError(f"no training facts in {list(entries)}")
         data: Any = QADataset.from_facts(self.tokenizer, facts, self.cfg.data.template)
         if replay and self.cfg.replay.fraction > 0:
-            pool = _load_sets(self.cfg.replay.pool, self.cfg.data.splits)
+            pool = _load_sets(self.cfg.replay.pool, self.cfg.data.splits, self.cfg.data.columns)
             data = ReplayMix(
                 data,
                 QADataset.from_facts(self.tokenizer, pool, self.cfg.data.template),
@@ -501,6 +514,7 @@ class _Runner:
             max_new_tokens=cfg.eval.max_new_tokens,
             patience=cfg.eval.patience if phase.main else 0,
             meter=self.meter,
+            last_phase=phase.name == self.result.phases[-1],
         )
         eval_cb.restore([row for row in self.run.metrics if row.phase == phase.name])
         return eval_cb
@@ -539,6 +553,8 @@ class _Runner:
             or any(isinstance(t, L2ToAnchor) for t in terms),
             callbacks=callbacks,
         )
+        # Trackers (report_to) get the evaluations and the final summary, at global steps.
+        route_trackers(trainer, eval_cb, self.out / TENSORBOARD_DIR)
         return trainer, teacher
 
     def fit(

@@ -10,6 +10,12 @@ The values of the terms are averaged over the logging interval and logged next t
 (``loss_nll``, ``loss_kl_to_teacher``, ...). A non-finite loss stops the run with
 :class:`NonFiniteLossError` naming the step and the terms.
 
+The loss logic lives in :class:`FactLossMixin`, so that it can sit in front of any subclass of
+``Trainer`` that feeds it right-padded batches of ``input_ids``, ``attention_mask`` and
+``labels`` (-100 where no loss is taken): :class:`FactTrainer` is ``FactLossMixin + Trainer``
+(what ``factkeep train`` runs), and
+:class:`~factkeep.integrations.trl.FactkeepSFTTrainer` is ``FactLossMixin + trl.SFTTrainer``.
+
 Example::
 
     trainer = FactTrainer(
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,15 +43,31 @@ from factkeep.methods.teacher_placement import place_teacher
 from factkeep.methods.terms import LossContext, LossTerm
 from factkeep.methods.topk_kl import TopKTargets
 
-__all__ = ["FactTrainer", "NonFiniteLossError"]
+__all__ = ["FactLossMixin", "FactTrainer", "NonFiniteLossError"]
+
+if TYPE_CHECKING:  # the mixin only ever sits in front of a Trainer
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
 
 
 class NonFiniteLossError(FactkeepError):
     """The training loss became NaN or infinite."""
 
 
-class FactTrainer(Trainer):
-    """A Trainer whose ``compute_loss`` sums ``loss_terms`` (see module docstring)."""
+class FactLossMixin(_TrainerBase):
+    """``compute_loss`` and ``log`` of a Trainer whose loss sums ``loss_terms``.
+
+    Put it first among the bases (``class T(FactLossMixin, SomeTrainer)``); its ``__init__``
+    takes the keyword arguments below and passes every other one to the Trainer.
+
+    Args:
+        loss_terms: the terms whose weighted sum is the loss (at least one).
+        teacher: the frozen teacher, needed when a term has ``needs_teacher``.
+        teacher_cache: precomputed top-k teacher targets, read by cached KL terms.
+        teacher_needs_full_parameters: the method reads the teacher's parameters (EMA teacher,
+            L2 anchor), which sharded training (FSDP, ZeRO-3) does not allow.
+    """
 
     def __init__(
         self,
@@ -58,7 +80,7 @@ class FactTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not loss_terms:
-            raise ValueError("FactTrainer needs at least one loss term")
+            raise ValueError(f"{type(self).__name__} needs at least one loss term")
         if any(t.needs_teacher for t in loss_terms) and teacher is None:
             names = [t.name for t in loss_terms if t.needs_teacher]
             raise ValueError(f"loss terms {names} need a teacher, but none was given")
@@ -73,6 +95,12 @@ class FactTrainer(Trainer):
         self._term_count = 0
         self._run_sums: dict[str, float] = {}
         self._run_count = 0
+
+    def place_teacher(self) -> None:
+        """Move (or shard) the teacher for this run's distribution strategy, once."""
+        if self.teacher is not None and not self._teacher_placed:
+            place_teacher(self.teacher, self.accelerator, self._teacher_full)
+            self._teacher_placed = True
 
     def compute_loss(
         self,
@@ -93,9 +121,7 @@ class FactTrainer(Trainer):
         def teacher_logits() -> torch.Tensor:
             if not cache:
                 assert self.teacher is not None
-                if not self._teacher_placed:  # DDP / FSDP / ZeRO-3 placement, once
-                    place_teacher(self.teacher, self.accelerator, self._teacher_full)
-                    self._teacher_placed = True
+                self.place_teacher()  # DDP / FSDP / ZeRO-3 placement, once
                 full = self.teacher.logits(inputs["input_ids"], attention_mask)
                 cache.append(full[:, :-1])  # (B, T-1, V)
             return cache[0]
@@ -149,3 +175,7 @@ class FactTrainer(Trainer):
         if "loss" in logs and not math.isfinite(logs["loss"]):
             raise NonFiniteLossError(f"non-finite logged loss at step {self.state.global_step}")
         super().log(logs, *args, **kwargs)
+
+
+class FactTrainer(FactLossMixin, Trainer):
+    """A Trainer whose ``compute_loss`` sums ``loss_terms`` (see module docstring)."""
