@@ -26,7 +26,6 @@ from factkeep.analysis.summary import (
 )
 from factkeep.cli import main
 from factkeep.errors import DataError
-from factkeep.eval.metrics import summarize_run
 from factkeep.eval.report import build_report, comparison_rows, discover_runs, load_run
 from factkeep.eval.transitions import (
     read_samples,
@@ -34,6 +33,7 @@ from factkeep.eval.transitions import (
     run_transitions,
     transition_counts,
 )
+from factkeep.training.summary import summarize_run
 
 STEPS = (0, 10, 20)
 SPLITS = ("d_known", "d_unknown", "d_held")

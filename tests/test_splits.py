@@ -228,3 +228,19 @@ def test_overall_unknown_fraction_uses_relations_short_of_known_facts() -> None:
         build_splits(_facts(), dataclasses.replace(spec, n_train=len(overall.d_known) * 2))
     sizes = overall.report["sizes"]
     assert sizes["d_unknown"]["rare"]["Unknown"] == rare["Unknown"]  # per-relation shares reported
+
+
+def test_held_spread_by_known_facts_leaves_every_relation_some_for_d_known() -> None:
+    """Spread by facts, D_held takes all 4 HighlyKnown facts of 'rare' (its 40 facts are 1/16
+    of the input, and 64/16 = 4), so D_known has none of it; spread by HighlyKnown facts, 'rare'
+    gives D_held 1 and keeps 3 for training."""
+    spec = dataclasses.replace(
+        SPEC, min_known_fraction=0.0, n_held=64, n_dev=0, unknown_fraction_scope="overall"
+    )
+    by_facts = build_splits(_facts(), spec)
+    by_known = build_splits(_facts(), dataclasses.replace(spec, held_spread="known"))
+    for splits in (by_facts, by_known):
+        assert len(splits.d_held) == 64
+    rare_held = [sum(f.relation == "rare" for f in s.d_held) for s in (by_facts, by_known)]
+    rare_known = [sum(f.relation == "rare" for f in s.d_known) for s in (by_facts, by_known)]
+    assert rare_held == [4, 1] and rare_known[0] == 0 and rare_known[1] >= 1

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from factkeep.eval.metrics import absolute_decline, forgetting, summarize_run
 from factkeep.methods.ewc import diagonal_fisher
 from factkeep.methods.functional import masked_nll, shift_for_next_token
 from factkeep.methods.teacher import Teacher
@@ -17,6 +16,7 @@ from factkeep.models.tiny import TinyModelConfig, build_tiny_model
 from factkeep.models.tokenizer import build_word_tokenizer
 from factkeep.training.examples import QADataset, ReplayMix
 from factkeep.training.run import last_complete_checkpoint
+from factkeep.training.summary import absolute_decline, forgetting, summarize_run
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,12 @@ class SplitSpec:
         "per-relation shares are reported), for models that know few facts of some relations.",
     )
     n_held: int = help_field(500, "D_held size: HighlyKnown facts never trained on.")
+    held_spread: Literal["facts", "known"] = help_field(
+        "facts",
+        "How D_held and the dev set's HighlyKnown part are spread over relations: in proportion "
+        "to each relation's facts, or to its HighlyKnown facts (known: a relation the model "
+        "knows little of keeps some for D_known, so that D_known covers every relation).",
+    )
     n_dev: int = help_field(200, "Dev set size (held out like D_held; for early stopping).")
     dev_unknown_fraction: float = help_field(
         0.5, "Fraction of the dev set that is Unknown; the rest is HighlyKnown."
@@ -549,8 +555,11 @@ def build_splits(facts: Sequence[Fact], spec: SplitSpec, source: str | None = No
     kept = _keep_relations(relations, groups, spec, source)
     weights = {rel: float(len(groups[rel])) for rel in kept}
     highly, unknown = _shuffled_pools(groups, kept, spec.seed)
-    held_n = _held_sizes(highly, weights, spec, source)
-    dev_known_n, dev_unknown_n = _dev_sizes(highly, unknown, held_n, weights, spec, source)
+    held_weights = weights
+    if spec.held_spread == "known":
+        held_weights = {rel: float(len(highly[rel])) for rel in kept}
+    held_n = _held_sizes(highly, held_weights, spec, source)
+    dev_known_n, dev_unknown_n = _dev_sizes(highly, unknown, held_n, held_weights, spec, source)
     held, dev, known_rest, unknown_rest = _set_aside(
         highly, unknown, held_n, dev_known_n, dev_unknown_n
     )

@@ -34,7 +34,6 @@ from factkeep.config import config_to_dict, resolve_config
 from factkeep.configs import CONFIG_DIR
 from factkeep.eval.bootstrap import bootstrap_intervals, paired_difference
 from factkeep.eval.document import Block, html_document, markdown_document, md_table
-from factkeep.eval.metrics import summarize_run
 from factkeep.eval.plots import (
     METHOD_COLORS,
     PlotGroup,
@@ -47,6 +46,7 @@ from factkeep.eval.transitions import run_transitions
 from factkeep.rundir import atomic_write_bytes, atomic_write_text
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.run_folder import RunFolder
+from factkeep.training.summary import summarize_run
 
 __all__ = [
     "COLUMNS",

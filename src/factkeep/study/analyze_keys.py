@@ -44,7 +44,6 @@ from factkeep.config import ConfigError, help_field, resolve_config
 from factkeep.configs import resolve_config_path
 from factkeep.data.facts import Fact, read_facts, write_facts
 from factkeep.eval.document import md_table
-from factkeep.eval.metrics import forgetting
 from factkeep.eval.plots import figure_png, style_axes
 from factkeep.models.loading import ModelOptions, load_model_and_tokenizer
 from factkeep.rundir import (
@@ -55,6 +54,7 @@ from factkeep.rundir import (
 )
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.run import train
+from factkeep.training.summary import forgetting
 
 __all__ = ["KeysCommandConfig", "keys_png", "keys_summary", "keys_table", "run_keys"]
 

@@ -15,10 +15,10 @@ import logging
 from typing import Any
 
 from factkeep.eval.bootstrap import bootstrap_intervals, run_matrices
-from factkeep.eval.metrics import summarize_run
 from factkeep.rundir import atomic_write_json
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.run import TrainResult, is_main_process, train
+from factkeep.training.summary import summarize_run
 
 __all__ = ["format_summary", "run_train", "train_job", "train_summary"]
 

@@ -43,12 +43,12 @@ from transformers import TrainerCallback
 
 from factkeep.data.facts import Fact
 from factkeep.data.prompts import DEFAULT_TEMPLATE
-from factkeep.eval.metrics import summarize_run
 from factkeep.methods.teacher import Teacher
 from factkeep.probing.accuracy import accuracy, answer_facts
 from factkeep.rundir import atomic_write_jsonl
 from factkeep.training.costs import CostMeter
 from factkeep.training.run_folder import MetricsRow, RunFolder, read_metrics, trim_metrics
+from factkeep.training.summary import summarize_run
 
 __all__ = [
     "EMACallback",
