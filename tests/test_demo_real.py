@@ -107,6 +107,14 @@ def test_demo_on_entityquestions_runs_every_stage_then_reuses_them(eq_study, tmp
     assert "reusing the facts" in text and "reusing the probe results" in text
     assert text.count("[demo] reusing") == 4  # facts, probe and both runs
 
+    # Other splits in the same folder: the finished runs are trained again, not resumed
+    assert main([*args, "n_held=6"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("[demo] reusing") == 2 and "4/5 training 2/2" in text
+    for method in ("sft", "known_only"):
+        results = json.loads((out / "runs" / method / "results.json").read_text())
+        assert results["n_facts"]["d_held"] == 6
+
 
 def _saved(run: Path) -> dict:
     return yaml.safe_load((run / "config.yaml").read_text())

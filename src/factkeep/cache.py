@@ -21,7 +21,7 @@ from typing import Any
 
 from factkeep.rundir import atomic_write_json
 
-__all__ = ["CACHE_ENV", "cache_key", "default_cache_dir", "is_done", "mark_done"]
+__all__ = ["CACHE_ENV", "cache_key", "default_cache_dir", "is_done", "mark_done", "marked_key"]
 
 CACHE_ENV = "FACTKEEP_CACHE"
 """Environment variable that overrides factkeep's cache folder (default ``~/.cache/factkeep``)."""
@@ -65,6 +65,16 @@ def is_done(folder: Path, marker: str, key: str, product: str) -> bool:
         return False
 
 
+def marked_key(folder: Path, marker: str) -> str | None:
+    """The key recorded in ``folder``'s marker file, or None without a readable one."""
+    try:
+        key = json.loads((folder / marker).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
 def mark_done(folder: Path, marker: str, key: str) -> None:
-    """Record that the work in ``folder`` was done with ``key`` (write it last)."""
+    """Record that the work in ``folder`` is done, or being done, with ``key``."""
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / marker, {"key": key})

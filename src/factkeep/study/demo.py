@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from factkeep.cache import cache_key, is_done, mark_done
+from factkeep.cache import cache_key, is_done, mark_done, marked_key
 from factkeep.config import ConfigError, help_field, nested, resolve_config
 from factkeep.configs import resolve_config_path
 from factkeep.data.facts import read_facts, write_facts
@@ -496,6 +496,19 @@ def _train_configs(
     return runs
 
 
+def _resumable(run_dir: Path, key: str, train_cfg: TrainCommandConfig) -> bool:
+    """Whether an unfinished run in ``run_dir`` may be resumed: only one started with the same
+    key (model, splits and options); a run of other splits or options starts over, even if its
+    config file looks the same (the splits folder's name does not change with its content)."""
+    if marked_key(run_dir, STAGE_FILE) != key:
+        return False
+    try:
+        check_resumable(train_cfg, run_dir)
+    except ConfigError:
+        return False
+    return True
+
+
 def train_stage(
     cfg: DemoConfig, out: Path, source: Source, split_cfg: SplitCommandConfig
 ) -> dict[str, dict[str, Any]]:
@@ -511,10 +524,8 @@ def train_stage(
             print(f"[demo] reusing {run_dir} (same model, splits and config)")
             results[name] = RunFolder(run_dir).results or {}
             continue
-        try:
-            check_resumable(train_cfg, run_dir)
-        except ConfigError:  # an older demo run with other settings: start it over
-            train_cfg.resume = False
+        train_cfg.resume = _resumable(run_dir, keys[name], train_cfg)
+        mark_done(run_dir, STAGE_FILE, keys[name])  # the key of what the folder holds from now
         pending.append(Job(name, train_cfg))
 
     on_gpu = any(resolve_device(job.config.device).type != "cpu" for job in pending)
@@ -535,7 +546,6 @@ def train_stage(
 
     def finished(job: Job, outcome: Outcome) -> None:
         summary = outcome.summary or {}
-        mark_done(Path(job.config.out), STAGE_FILE, keys[job.name])
         results[job.name] = summary
         print(
             f"[demo] {job.name} done in {summary['seconds']:.0f} s: forgetting of D_held "
