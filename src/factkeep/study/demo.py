@@ -170,7 +170,7 @@ class DemoConfig:
         "laptop",
         "laptop (the default study, minutes on a CPU), paper (the original probe protocol, "
         "larger splits, every method and control, 3 seeds) or real (SmolLM2-135M on "
-        "EntityQuestions, about 45 minutes on 2 CPU cores; 'make models' first). Options you set "
+        "EntityQuestions, about 50 minutes on 2 CPU cores; 'make models' first). Options you set "
         "yourself win over the preset's.",
     )
     source: Literal["world", "entityquestions"] = help_field(
