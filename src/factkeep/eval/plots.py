@@ -51,6 +51,7 @@ METHOD_COLORS: dict[str, str] = {
     "kl_to_base": "#17becf",
     "ewc": "#9467bd",
     "replay": "#8c564b",
+    "forecast_replay": "#c49c94",
     "known_patch": "#e377c2",
     "label_smoothing": "#393b79",
     "lora": "#637939",

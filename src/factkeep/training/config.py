@@ -149,6 +149,14 @@ class ReplayConfig:
 
     fraction: float = help_field(0.0, "Fraction of main-phase examples replayed from 'pool'.")
     pool: list[str] = help_field(["d_known"], "Facts replayed.")
+    forecast: str = help_field(
+        "",
+        "An audit folder (factkeep audit train=... known=<the pool>): replay only the pool's "
+        "facts that its forecast ranks most at risk (forecast-guided replay).",
+    )
+    forecast_share: float = help_field(
+        0.5, "With replay.forecast: the share of the pool replayed, most at risk first."
+    )
     patch_epochs: float = help_field(0.0, "Epochs of a final cross-entropy phase on patch_data.")
     patch_data: list[str] = help_field(["d_known"], "Facts of the known patch.")
 
@@ -243,6 +251,17 @@ class TrainCommandConfig(ModelOptions):
             )
         if not 0.0 <= self.replay.fraction < 1.0:
             raise ConfigError(f"replay.fraction must be in [0, 1), got {self.replay.fraction}")
+        if not 0.0 < self.replay.forecast_share <= 1.0:
+            raise ConfigError(
+                f"replay.forecast_share must be in (0, 1], got {self.replay.forecast_share}"
+            )
+        if self.replay.forecast and self.replay.fraction == 0:
+            raise ConfigError("replay.forecast needs replay.fraction > 0 (nothing is replayed)")
+        if self.method == "forecast_replay" and not self.replay.forecast:
+            raise ConfigError(
+                "forecast_replay needs replay.forecast=AUDIT_FOLDER: first run factkeep audit "
+                "train=<data.train> known=<replay.pool> out=AUDIT_FOLDER"
+            )
         if self.optim.epochs <= 0:
             raise ConfigError(f"optim.epochs must be > 0, got {self.optim.epochs}")
         if self.eval.every_epochs < 1:

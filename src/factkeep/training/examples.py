@@ -20,16 +20,19 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from factkeep.data.facts import Fact
+from factkeep.config import ConfigError
+from factkeep.data.facts import Fact, read_jsonl_objects
 from factkeep.data.prompts import DEFAULT_TEMPLATE, format_completion, format_prompt
+from factkeep.errors import DataError
 from factkeep.methods.functional import IGNORE_INDEX
 
-__all__ = ["QACollator", "QADataset", "ReplayMix", "encode_fact"]
+__all__ = ["QACollator", "QADataset", "ReplayMix", "at_risk_pool", "encode_fact"]
 
 
 def encode_fact(tokenizer: Any, fact: Fact, template: str = DEFAULT_TEMPLATE) -> dict[str, Any]:
@@ -91,10 +94,48 @@ class ReplayMix(Dataset):
     def __len__(self) -> int:
         return len(self.main) + len(self.extra)
 
+    @property
+    def replayed_ids(self) -> list[str]:
+        """The ids of the pool facts that are replayed (the pool's order)."""
+        used = set(self.extra)
+        return [fact_id for j, fact_id in enumerate(self.replay.ids) if j in used]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         if i < len(self.main):
             return self.main[i]
         return self.replay[self.extra[i - len(self.main)]]
+
+
+def at_risk_pool(pool: Sequence[Fact], audit_dir: str | Path, share: float) -> list[Fact]:
+    """The ``share`` of ``pool`` that an audit's forecast ranks most at risk (forecast-guided
+    replay), most at risk first.
+
+    ``audit_dir`` is a ``factkeep audit`` output folder whose ``known=`` facts include the pool:
+    its ``exposed.jsonl`` ranks them (``rank`` 1 = most at risk).
+
+    Raises:
+        ConfigError: the folder has no ``exposed.jsonl``, or a pool fact has no rank in it.
+        DataError: a line of ``exposed.jsonl`` lacks an ``id`` or an integer ``rank``.
+    """
+    path = Path(audit_dir) / "exposed.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"replay.forecast: {path} not found (run factkeep audit first)")
+    rank: dict[str, int] = {}
+    for line, row in read_jsonl_objects(path):
+        for key in ("id", "rank"):
+            if key not in row:
+                raise DataError("missing required field", path, line, key)
+        if isinstance(row["rank"], bool) or not isinstance(row["rank"], int):
+            raise DataError(f"must be an integer, got {row['rank']!r}", path, line, "rank")
+        rank[str(row["id"])] = row["rank"]
+    missing = [f.id for f in pool if f.id not in rank]
+    if missing:
+        raise ConfigError(
+            f"replay.forecast: {len(missing)} of the {len(pool)} replay-pool facts have no "
+            f"forecast in {path} (first: {missing[0]!r}); run the audit with known= the pool"
+        )
+    ordered = sorted(pool, key=lambda f: rank[f.id])
+    return ordered[: max(1, round(share * len(ordered)))]
 
 
 @dataclass

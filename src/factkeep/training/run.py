@@ -65,7 +65,7 @@ from factkeep.training.callbacks import (
 )
 from factkeep.training.config import TrainCommandConfig
 from factkeep.training.costs import CostCallback, CostMeter
-from factkeep.training.examples import QACollator, QADataset, ReplayMix
+from factkeep.training.examples import QACollator, QADataset, ReplayMix, at_risk_pool
 from factkeep.training.lora import add_lora
 from factkeep.training.run_folder import MetricsRow, RunFolder, trim_metrics
 from factkeep.training.trainer import FactTrainer
@@ -194,6 +194,16 @@ def _check_inputs(cfg: TrainCommandConfig) -> None:
         entries.append(cfg.eval.dev)
     for entry in dict.fromkeys(entries):
         load_fact_set(entry, cfg.data.splits, cfg.data.columns)
+    if cfg.replay.fraction > 0 and cfg.replay.forecast:
+        _replay_pool(cfg)
+
+
+def _replay_pool(cfg: TrainCommandConfig) -> list[Fact]:
+    """The replayed facts: ``replay.pool``, or its most-at-risk share with ``replay.forecast``."""
+    pool = _load_sets(cfg.replay.pool, cfg.data.splits, cfg.data.columns)
+    if cfg.replay.forecast:
+        pool = at_risk_pool(pool, cfg.replay.forecast, cfg.replay.forecast_share)
+    return pool
 
 
 def check_resumable(cfg: TrainCommandConfig, out: Path) -> None:
@@ -327,13 +337,18 @@ class _Runner:
             raise ConfigError(f"no training facts in {list(entries)}")
         data: Any = QADataset.from_facts(self.tokenizer, facts, self.cfg.data.template)
         if replay and self.cfg.replay.fraction > 0:
-            pool = _load_sets(self.cfg.replay.pool, self.cfg.data.splits, self.cfg.data.columns)
-            data = ReplayMix(
+            pool = _replay_pool(self.cfg)
+            if self.cfg.replay.forecast:
+                log.info("replaying the %d pool facts most at risk (replay.forecast)", len(pool))
+            mix = ReplayMix(
                 data,
                 QADataset.from_facts(self.tokenizer, pool, self.cfg.data.template),
                 self.cfg.replay.fraction,
                 self.cfg.seed,
             )
+            if is_main_process():
+                atomic_write_json(self.run.replayed_path, {"ids": mix.replayed_ids})
+            data = mix
         return data
 
     def teacher(self, args: TrainingArguments, last_checkpoint: str | None) -> Teacher | None:

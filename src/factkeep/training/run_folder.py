@@ -299,6 +299,11 @@ class RunFolder:
         return self.path / "samples"
 
     @property
+    def replayed_path(self) -> Path:
+        """``replayed.json``: the ids of the facts a replay run replays."""
+        return self.path / "replayed.json"
+
+    @property
     def model_dir(self) -> Path:
         """``model/``: the final model (an ordinary HF model folder)."""
         return self.path / "model"
