@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from factkeep.analysis.audit import rank_by_score, regression_probabilities, risky_training_keys
+from factkeep.analysis.forecast import roc_auc
 from factkeep.cli import main
 from factkeep.data.facts import CATEGORIES, Fact, read_facts, write_facts
 from factkeep.data.prompt_completion import write_prompt_completion
@@ -25,7 +26,8 @@ SHAPE = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_
 # A quick probe for a random model (it never stops early), one thread, no bar.
 FAST = ["probe.n_prompts=2", "probe.num_samples=2", "probe.max_new_tokens=2"]
 FAST += ["probe.progress=false", "threads=1"]
-OUTPUTS = ["audit.json", "config.yaml", "env.json", "exposed.jsonl", "summary.md"]
+OUTPUTS = ["at_risk.jsonl", "audit.json", "config.yaml", "env.json", "exposed.jsonl"]
+OUTPUTS += ["summary.md"]
 OUTPUTS = sorted([*OUTPUTS, "train_categories.jsonl"])
 
 
@@ -75,9 +77,9 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "exposed.jsonl").read_text().splitlines()]
 
 
-def test_audit_end_to_end(files, tmp_path, capsys) -> None:
+def test_audit_keys_end_to_end(files, tmp_path, capsys) -> None:
     out = tmp_path / "audit"
-    assert _audit(files, out) == 0
+    assert _audit(files, out, "score=keys") == 0
     assert sorted(p.name for p in out.iterdir()) == OUTPUTS
     doc = json.loads((out / "audit.json").read_text())
     n_known = len(read_facts(files["known"]))
@@ -85,8 +87,10 @@ def test_audit_end_to_end(files, tmp_path, capsys) -> None:
     assert sum(doc["category_counts"].values()) == 40
     assert math.isclose(sum(doc["category_shares"].values()), 1.0)
     assert doc["unknown_share"] == doc["category_shares"]["Unknown"] > 0.5
-    assert doc["n_against"] == doc["category_counts"]["Unknown"]
-    assert doc["scoring"] == {"score": "max_key_cosine"} and doc["layer"] == "middle"
+    scoring = doc["scoring"]
+    assert scoring["n_against"] == doc["category_counts"]["Unknown"]
+    assert scoring["score"] == "keys" and scoring["measure"] == "max_key_cosine"
+    assert scoring["layer"] == "middle"
     assert doc["probe"]["preset"] == "cheap" and doc["probe"]["protocol"]["n_prompts"] == 2
 
     rows = _rows(out)
@@ -102,7 +106,7 @@ def test_audit_end_to_end(files, tmp_path, capsys) -> None:
 
     top = doc["top_exposed"]
     assert [r["id"] for r in top] == [r["id"] for r in rows[:20]]
-    risky = doc["risky_training"]
+    risky = doc["nearest_training_keys"]
     assert sum(r["nearest_for"] for r in risky) == 20 == doc["top_n"]
     assert sorted(i for r in risky for i in r["known_ids"]) == sorted(r["id"] for r in top)
     planted_key = next(r for r in risky if "planted" in r["known_ids"])
@@ -114,8 +118,81 @@ def test_audit_end_to_end(files, tmp_path, capsys) -> None:
     assert yaml.safe_load((out / "config.yaml").read_text())["probe"]["preset"] == "cheap"
     summary = (out / "summary.md").read_text()
     assert f"{100 * doc['unknown_share']:.1f}% of this set" in summary
-    assert "| 1 | planted |" in summary and "self_distill" in summary
+    # The key ranking failed validation (it points the wrong way on the laptop world): the
+    # report says so and names no fact.
+    assert doc["strength"]["level"] == "weak" and "AUC 0.45" in doc["strength"]["reason"]
+    assert "| 1 | planted |" not in summary and "names none" in doc["recommendation"]
+    assert "self_distill" in summary
     assert summary in capsys.readouterr().out
+
+
+def _fake_run(folder: Path, forgotten: set[str], known: list[str]) -> Path:
+    """A finished run folder whose evaluations say which known facts it forgot."""
+    (folder / "samples").mkdir(parents=True)
+    (folder / "config.yaml").write_text("method: sft\n")
+    (folder / "results.json").write_text(json.dumps({"cost_seconds": {"steps": 50.0}}))
+    for step, wrong in ((0, set()), (40, forgotten)):
+        lines = [
+            json.dumps({"split": "d_held", "id": i, "prediction": "x", "correct": i not in wrong})
+            for i in known
+        ]
+        (folder / "samples" / f"step-{step:06d}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_audit_trial_forecast_and_its_validation(files, tmp_path, capsys) -> None:
+    plan = ["reuse_categories=true", "optim.epochs=4", "optim.lr=1e-3", "optim.batch_size=8"]
+    out = tmp_path / "trial"
+    assert _audit(files, out, *plan, train="train_unknown") == 0
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
+    doc = json.loads((out / "audit.json").read_text())
+    scoring = doc["scoring"]
+    # 40 facts, batch 8, 4 epochs: 20 planned steps; the trial runs 10% of them at 2x the lr.
+    assert scoring["score"] == "trial" and scoring["planned_steps"] == 20
+    assert scoring["trial_steps"] == 2 == len(scoring["trial_losses"])
+    assert scoring["trial_lr"] == pytest.approx(2e-3)
+    rows = _rows(out)
+    assert [r["score"] for r in rows] == sorted((-r["log_prob_after"] for r in rows), reverse=True)
+    assert all(r["log_prob_after"] < 0 and "log_prob_before" not in r for r in rows)
+    at_risk = read_facts(out / "at_risk.jsonl")  # 10% of 41 known facts, most at risk first
+    assert [f.id for f in at_risk] == [r["id"] for r in rows[:4]] and doc["n_at_risk"] == 4
+    # No run to check against: the quoted validation decides, and the report names facts.
+    assert doc["validation"] is None and doc["strength"]["level"] == "validated"
+    summary = (out / "summary.md").read_text()
+    assert f"| 1 | {rows[0]['id']} |" in summary and "validate=RUN_FOLDER" in summary
+    assert "forecast_replay" in doc["recommendation"]
+
+    # Checked against a run that forgot exactly the 5 facts ranked most at risk: strong.
+    ids = [r["id"] for r in rows]
+    run = _fake_run(tmp_path / "run-top", set(ids[:5]), ids)
+    assert _audit(files, tmp_path / "v1", *plan, f"validate={run}", train="train_unknown") == 0
+    doc = json.loads((tmp_path / "v1" / "audit.json").read_text())
+    checked = doc["validation"]
+    assert checked["n"] == 41 and checked["n_forgotten"] == 5 and checked["auc"] == 1.0
+    assert checked["top_decile_lift"] == pytest.approx(41 / 5)
+    assert checked["cost_share"] == pytest.approx(doc["seconds"]["forecast"] / 50.0)
+    assert doc["strength"]["level"] == "strong"
+
+    # ... and against a run that forgot the 5 ranked least at risk: weak, no fact is named.
+    run = _fake_run(tmp_path / "run-bottom", set(ids[-5:]), ids)
+    assert _audit(files, tmp_path / "v2", *plan, f"validate={run}", train="train_unknown") == 0
+    doc = json.loads((tmp_path / "v2" / "audit.json").read_text())
+    labels = [int(i in ids[-5:]) for i in ids]
+    assert doc["validation"]["auc"] == roc_auc([r["score"] for r in rows], labels) == 0.0
+    assert doc["strength"]["level"] == "weak" and "names none" in doc["recommendation"]
+    summary = (tmp_path / "v2" / "summary.md").read_text()
+    assert f"| 1 | {ids[0]} |" not in summary and "**Weak:**" in summary
+    capsys.readouterr()
+
+
+def test_audit_confidence_score(files, tmp_path) -> None:
+    out = tmp_path / "conf"
+    assert _audit(files, out, "score=confidence", "reuse_categories=true", train="plain") == 0
+    rows = _rows(out)
+    assert [r["score"] for r in rows] == [-r["log_prob_before"] for r in rows]
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["scoring"]["score"] == "confidence" and doc["strength"]["level"] == "weak"
 
 
 def test_split_names_prompt_completion_and_known_categories(files, tmp_path) -> None:
@@ -123,16 +200,18 @@ def test_split_names_prompt_completion_and_known_categories(files, tmp_path) -> 
     args = [
         f"model={files['model']}", "train=d_unknown", "known=d_held", f"splits={files['splits']}",
         "known_categories=HighlyKnown,MaybeKnown", "against=all", "top_n=5", "exemplars=known",
+        "score=keys",
         f"out={out}", *FAST,
     ]  # fmt: skip
     assert main(["audit", *args]) == 0
     doc = json.loads((out / "audit.json").read_text())
-    assert doc["n_train"] == 40 and doc["n_against"] == 40  # against=all
+    assert doc["n_train"] == 40 and doc["scoring"]["n_against"] == 40  # against=all
     assert doc["n_known"] == 20 and doc["n_known_file"] == 40
     assert doc["probe"]["exemplars"].startswith("known=")
     rows = _rows(out)
     assert {r["category"] for r in rows} == {"HighlyKnown", "MaybeKnown"}
-    assert sum(r["nearest_for"] for r in doc["risky_training"]) == 5 == len(doc["top_exposed"])
+    assert sum(r["nearest_for"] for r in doc["nearest_training_keys"]) == 5
+    assert len(doc["top_exposed"]) == 5
 
 
 def test_regression_scoring_gives_the_fitted_order(files, tmp_path) -> None:
@@ -141,10 +220,10 @@ def test_regression_scoring_gives_the_fitted_order(files, tmp_path) -> None:
     fit = {"coefficients": [{"name": k, "estimate": v} for k, v in coefficients.items()]}
     regression.write_text(json.dumps({"regression": fit, "layer": "middle"}))
     out = tmp_path / "reg"
-    args = ("reuse_categories=true", f"regression={regression}")
+    args = ("reuse_categories=true", f"regression={regression}", "score=keys")
     assert _audit(files, out, *args, train="train_unknown") == 0
     doc = json.loads((out / "audit.json").read_text())
-    assert doc["probe"] is None and doc["scoring"]["score"] == "p_forgotten"
+    assert doc["probe"] is None and doc["scoring"]["measure"] == "p_forgotten"
     rows = _rows(out)
     known_order = [f.id for f in read_facts(files["known"])]
 
@@ -174,11 +253,12 @@ def test_regression_scoring_gives_the_fitted_order(files, tmp_path) -> None:
 
 def test_no_unknown_training_fact(files, tmp_path) -> None:
     out = tmp_path / "none"
-    assert _audit(files, out, "reuse_categories=true", train="plain") == 0
+    assert _audit(files, out, "reuse_categories=true", "score=keys", train="plain") == 0
     doc = json.loads((out / "audit.json").read_text())
-    assert doc["unknown_share"] == 0.0 and doc["n_against"] == 0
-    assert doc["top_exposed"] == [] and doc["risky_training"] == []
+    assert doc["unknown_share"] == 0.0 and doc["scoring"]["n_against"] == 0
+    assert doc["top_exposed"] == [] and doc["nearest_training_keys"] == []
     assert (out / "exposed.jsonl").read_text() == ""
+    assert (out / "at_risk.jsonl").read_text() == ""
     assert "--config sft" in (out / "summary.md").read_text()
 
 
@@ -227,9 +307,20 @@ def test_scoring_helpers() -> None:
         (["known_categories=HighlyKnown"], 2, "needs probed known facts"),
         (["reuse_categories=true"], 2, "have no category"),
         (["exemplars={splits}/d_held.jsonl", "probe.k_exemplars=9"], 1, "exemplar(s) in"),
-        (["regression=/nonexistent/regression.json"], 2, "regression: file not found"),
-        (["regression={reg_column}"], 2, "'activation_overlap'"),
-        (["regression={reg_skipped}"], 2, "holds no fitted regression (single class)"),
+        (["regression=/nonexistent/regression.json", "score=keys"], 2, "file not found"),
+        (["regression={reg_column}", "score=keys"], 2, "'activation_overlap'"),
+        (["regression={reg_skipped}", "score=keys"], 2, "no fitted regression (single class)"),
+        (["regression={reg_column}"], 2, "set score=keys"),
+        (["score=magic"], 2, "score"),
+        (["trial.fraction=0"], 2, "trial.fraction must be in (0, 1]"),
+        (["trial.steps=-1"], 2, "trial.steps must be >= 0"),
+        (["trial.lr_scale=0"], 2, "trial.lr_scale must be > 0"),
+        (["optim.batch_size=0"], 2, "optim.batch_size"),
+        (["optim.lr=0"], 2, "optim.lr and optim.epochs must be > 0"),
+        (["at_risk=0"], 2, "at_risk must be in (0, 1]"),
+        (["validate=/nonexistent/run"], 2, "is not a run folder"),
+        (["validate={model}"], 2, "is not a run folder"),
+        (["validate={empty_run}"], 1, "needs two evaluations"),
         (["model=/nonexistent/model"], 1, "cannot load model"),
     ],
 )
@@ -246,6 +337,9 @@ def test_bad_input_exits_nonzero_and_writes_nothing(
     (tmp_path / "skipped.json").write_text(
         json.dumps({"regression": None, "skipped": "single class"})
     )
+    names["empty_run"] = str(tmp_path / "empty_run")
+    (tmp_path / "empty_run").mkdir()
+    (tmp_path / "empty_run" / "config.yaml").write_text("method: sft\n")
     out = tmp_path / "never"
     assert _audit(files, out, *(e.format(**names) for e in extra)) == code
     assert message in capsys.readouterr().err

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from factkeep.analysis.forecast import VALIDATED, is_strong
 from factkeep.analysis.overlap import FEATURE_NAMES
 from factkeep.analysis.regression import INTERCEPT
 from factkeep.analysis.representations import hidden_states
@@ -38,6 +39,7 @@ from factkeep.data.facts import CATEGORIES, UNKNOWN, Fact
 __all__ = [
     "DEFAULT_SCORE",
     "category_shares",
+    "forecast_strength",
     "format_summary",
     "load_regression",
     "nearest_keys",
@@ -251,12 +253,165 @@ def _table(head: list[str], align: str, rows: list[list[Any]]) -> list[str]:
     ]
 
 
-_TOP_COLUMNS = ("rank", "id", "subject", "relation", "score", "max_key_cosine", "token_overlap")
+def forecast_strength(score: str, checked: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How far the audit's ranking can be trusted, and why.
+
+    ``level`` is ``strong`` (it forecast the run of ``validate=`` with AUC >=
+    :data:`~factkeep.analysis.forecast.STRONG_AUC` and a top-decile lift >=
+    :data:`~factkeep.analysis.forecast.STRONG_LIFT`), ``validated`` (no run to check against, but
+    it reached both in every setting of :data:`~factkeep.analysis.forecast.VALIDATED`) or
+    ``weak`` (it fell short on the run, or in a validated setting).
+    """
+    quoted = VALIDATED.get(score, [])
+    if checked is not None and checked.get("auc") is not None:
+        auc, lift = checked["auc"], checked["top_decile_lift"]
+        good = is_strong(auc, lift)
+        return {
+            "level": "strong" if good else "weak",
+            "basis": "validate",
+            "reason": (
+                f"on {checked['run']} it ranked the forgotten facts with AUC {auc:.2f} and "
+                f"{lift:.1f}x the base rate in its top decile"
+            ),
+            "quoted": quoted,
+        }
+    good = bool(quoted) and all(is_strong(q["auc"], q["top_decile_lift"]) for q in quoted)
+    where = "; ".join(
+        f"{q['setting']}: AUC {q['auc']:.2f}, top decile {q['top_decile_lift']:.1f}x"
+        for q in quoted
+    )
+    return {
+        "level": "validated" if good else "weak",
+        "basis": "bench",
+        "reason": f"in validation ({where or 'none'})",
+        "quoted": quoted,
+    }
 
 
-def format_summary(doc: Mapping[str, Any], risky_rows: int = 10) -> str:
+def recommendation(
+    n_unknown: int,
+    strength: Mapping[str, Any],
+    n_at_risk: int,
+    known: str = "KNOWN",
+    out: str = "AUDIT_FOLDER",
+) -> str:
+    """The audit's advice, from the Unknown count and how far its forecast can be trusted
+    (``known`` and ``out``: the audit's ``known=`` and ``out=``, for the replay command)."""
+    if n_unknown == 0:
+        return (
+            "no training fact is Unknown to the model, so plain SFT (`--config sft`) teaches it "
+            "nothing new and should forget little."
+        )
+    advice = (
+        f"{n_unknown} training fact(s) are Unknown to the model, so SFT will make it forget some "
+        "known facts: fine-tune with `factkeep train --config self_distill`"
+    )
+    if strength["level"] == "weak":
+        return (
+            f"{advice}. This ranking is a weak forecast of which facts ({strength['reason']}), so "
+            "the audit names none; `score=trial` is the validated forecast."
+        )
+    return (
+        f"{advice}, or replay the {n_at_risk} facts most at risk (at_risk.jsonl) while "
+        f"fine-tuning (`--config forecast_replay replay.pool=[{known}] replay.forecast={out}`)."
+    )
+
+
+_KEY_COLUMNS = ("rank", "id", "subject", "relation", "score", "max_key_cosine", "token_overlap")
+_TRIAL_COLUMNS = ("rank", "id", "subject", "relation", "category", "score")
+_NUMERIC = ("rank", "score", "max_key_cosine", "token_overlap")
+
+
+def _scoring_lines(doc: Mapping[str, Any]) -> list[str]:
+    """What the ranking measures, in words."""
+    scoring = doc["scoring"]
+    if scoring["score"] == "trial":
+        share = scoring["trial_share"]
+        return [
+            f"Score: the answer's log-probability after a trial fine-tune of "
+            f"{scoring['trial_steps']} of the planned {scoring['planned_steps']} steps"
+            + (f" ({100 * share:.0f}%)" if share else "")
+            + f" at lr {scoring['trial_lr']:g}, lowest first ({scoring['trial_seconds']:.1f} s)."
+        ]
+    if scoring["score"] == "confidence":
+        return ["Score: the answer's log-probability before training, lowest first."]
+    return [
+        f"Score: {scoring.get('measure', 'max_key_cosine')}, against the "
+        f"{scoring['n_against']} {scoring['against_label']}."
+    ]
+
+
+def _validation_lines(doc: Mapping[str, Any]) -> list[str]:
+    """How well the score forecast forgetting: in validation, and on ``validate=``'s run."""
+    strength = doc["strength"]
+    lines = ["## How far this forecast can be trusted", ""]
+    if strength["quoted"]:
+        lines += [
+            *_table(
+                ["validation setting", "AUC", "top decile / base rate", "cost / fine-tune"],
+                "lrrr",
+                [
+                    [q["setting"], q["auc"], f"{q['top_decile_lift']:.1f}x",
+                     f"{100 * q['cost_share']:.0f}%" if q.get("cost_share") else "-"]
+                    for q in strength["quoted"]
+                ],
+            ),
+            "",
+        ]  # fmt: skip
+    checked = doc.get("validation")
+    if checked is not None:
+        n, k = checked["n"], checked["n_forgotten"]
+        text = f"Against `{checked['run']}`: {k} of {n} known facts were forgotten"
+        if checked["auc"] is not None:
+            text += (
+                f"; AUC {checked['auc']:.3f}, top decile forgotten at "
+                f"{100 * checked['top_decile_rate']:.1f}% against a base rate of "
+                f"{100 * checked['base_rate']:.1f}% ({checked['top_decile_lift']:.1f}x)"
+            )
+        if checked.get("cost_share"):
+            text += f"; the forecast cost {100 * checked['cost_share']:.1f}% of that run's time"
+        lines += [text + ".", ""]
+    verdict = {
+        "strong": "Strong",
+        "validated": "Validated elsewhere, unverified on this model and data",
+        "weak": "Weak",
+    }[strength["level"]]
+    lines += [f"**{verdict}:** {strength['reason']}.", ""]
+    if strength["level"] == "validated":
+        lines += [
+            "Check it on your setting after a first fine-tune: `validate=RUN_FOLDER`.",
+            "",
+        ]
+    return lines
+
+
+def _top_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The most exposed facts, and for ``score=keys`` their nearest training keys."""
+    top = doc["top_exposed"]
+    if not top:
+        return ["No known fact could be ranked.", ""]
+    keys = doc["scoring"]["score"] == "keys"
+    columns = _KEY_COLUMNS if keys else _TRIAL_COLUMNS
+    head = [*columns, "nearest training key"] if keys else list(columns)
+    lines = [
+        f"## The {len(top)} known facts ranked most at risk",
+        "",
+        *_scoring_lines(doc),
+        "",
+        *_table(
+            head,
+            "".join("r" if k in _NUMERIC else "l" for k in head),
+            [[r.get(k) for k in head if k != "nearest training key"]
+             + ([r["nearest_subject"]] if keys else []) for r in top],
+        ),
+        "",
+    ]  # fmt: skip
+    return lines
+
+
+def format_summary(doc: Mapping[str, Any]) -> str:
     """The Markdown report of an ``audit.json`` document: the Unknown share and category table,
-    the most exposed known facts, the ``risky_rows`` riskiest training keys, the recommendation."""
+    the scoring's validation, the facts ranked most at risk, the recommendation."""
     n, unknown, counts = doc["n_train"], doc["category_counts"][UNKNOWN], doc["category_counts"]
     lines = [
         "# Fine-tuning risk audit",
@@ -273,44 +428,11 @@ def format_summary(doc: Mapping[str, Any], risky_rows: int = 10) -> str:
         ),
         "",
     ]
-    top, risky = doc["top_exposed"], doc["risky_training"][:risky_rows]
-    if top:
-        lines += [
-            f"## The {len(top)} most exposed known facts",
-            "",
-            f"Score: {doc['scoring']['score']}, against the {doc['n_against']} "
-            f"{doc['against_label']}.",
-            "",
-            *_table(
-                [*_TOP_COLUMNS, "nearest training key"],
-                "rlllrrrl",
-                [[r[k] for k in (*_TOP_COLUMNS, "nearest_subject")] for r in top],
-            ),
-            "",
-            f"## The {len(risky)} riskiest training examples",
-            "",
-            *_table(
-                ["training key (subject)", f"nearest key of (top {len(top)})", "training facts"],
-                "lrl",
-                [[r["subject"], r["nearest_for"], ", ".join(r["train_ids"])] for r in risky],
-            ),
-            "",
-        ]
+    if doc["strength"]["level"] == "weak":
+        lines += _validation_lines(doc)
+        score = doc["scoring"]["score"]
+        lines += [f"The ranking ({score}) is in exposed.jsonl; it is not listed here.", ""]
     else:
-        lines += [f"No {doc['against_label']}: no known fact is exposed to them.", ""]
+        lines += _top_lines(doc) + _validation_lines(doc)
     lines.append(f"**Recommendation:** {doc['recommendation']}")
     return "\n".join(lines) + "\n"
-
-
-def recommendation(n_unknown: int, n_risky: int) -> str:
-    """The one-line advice of the audit, from the Unknown count and the risky keys shown."""
-    if n_unknown == 0:
-        return (
-            "no training fact is Unknown to the model, so plain SFT (`--config sft`) teaches it "
-            "nothing new and should forget little."
-        )
-    return (
-        f"{n_unknown} training fact(s) are Unknown to the model: fine-tune with "
-        "`factkeep train --config self_distill`, or drop or rewrite the facts of the "
-        f"{n_risky} riskiest training key(s) above before fine-tuning."
-    )

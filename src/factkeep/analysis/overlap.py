@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "FEATURE_NAMES",
     "REGRESSION_COLUMNS",
     "answer_confidence",
+    "answer_log_probs",
     "design_matrix",
     "forgotten_labels",
     "key_cosines",
@@ -139,17 +141,19 @@ def key_cosines(
 
 
 @torch.no_grad()
-def answer_confidence(
+def answer_log_probs(
     model: Any,
     tokenizer: Any,
     facts: Sequence[Fact],
     template: str = DEFAULT_TEMPLATE,
     batch_size: int = 64,
+    autocast: torch.dtype | None = None,
 ) -> list[float]:
-    """The model's teacher-forced probability of each fact's canonical answer after its prompt.
+    """The model's teacher-forced mean log-probability of each fact's canonical answer.
 
     Each fact is encoded as in training (``prompt + " answer" + EOS``, loss tokens = the answer
-    and EOS); the result is ``exp(mean log p(token))`` over those tokens.
+    and EOS); the result is the mean of ``log p(token)`` over those tokens. ``autocast`` (e.g.
+    ``torch.bfloat16``) runs the forward passes under autocast; the log-softmax is float32.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -160,10 +164,11 @@ def answer_confidence(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = collate([examples[i] for i in rows])
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-        ).logits  # (B, T, V)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            ).logits  # (B, T, V)
         labels = batch["labels"][:, 1:].to(device)  # (B, T-1): token t is predicted at t-1
         scored = labels != -100  # (B, T-1)
         logp = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # (K, V)
@@ -173,8 +178,20 @@ def answer_confidence(
         )  # (B,)
         mean = (per_row / scored.sum(dim=1)).cpu()
         for r, i in enumerate(rows):
-            out[i] = float(torch.exp(mean[r]))
+            out[i] = float(mean[r])
     return out
+
+
+def answer_confidence(
+    model: Any,
+    tokenizer: Any,
+    facts: Sequence[Fact],
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 64,
+) -> list[float]:
+    """The model's teacher-forced probability of each fact's canonical answer after its prompt:
+    ``exp`` of :func:`answer_log_probs`."""
+    return [math.exp(x) for x in answer_log_probs(model, tokenizer, facts, template, batch_size)]
 
 
 def overlap_features(
