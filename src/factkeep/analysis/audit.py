@@ -318,8 +318,8 @@ def recommendation(
 
 
 _KEY_COLUMNS = ("rank", "id", "subject", "relation", "score", "max_key_cosine", "token_overlap")
-_TRIAL_COLUMNS = ("rank", "id", "subject", "relation", "category", "score")
-_NUMERIC = ("rank", "score", "max_key_cosine", "token_overlap")
+_LOG_PROB_COLUMNS = ("rank", "id", "subject", "relation", "category")
+_NUMERIC = ("rank", "score", "max_key_cosine", "token_overlap", "log_prob_after", "log_prob_before")
 
 
 def _scoring_lines(doc: Mapping[str, Any]) -> list[str]:
@@ -391,7 +391,9 @@ def _top_lines(doc: Mapping[str, Any]) -> list[str]:
     if not top:
         return ["No known fact could be ranked.", ""]
     keys = doc["scoring"]["score"] == "keys"
-    columns = _KEY_COLUMNS if keys else _TRIAL_COLUMNS
+    # trial / confidence: the answer's log-probability the ranking sorts by, lowest first
+    measured = "log_prob_after" if doc["scoring"]["score"] == "trial" else "log_prob_before"
+    columns = _KEY_COLUMNS if keys else (*_LOG_PROB_COLUMNS, measured)
     head = [*columns, "nearest training key"] if keys else list(columns)
     lines = [
         f"## The {len(top)} known facts ranked most at risk",
