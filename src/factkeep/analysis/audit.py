@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from factkeep.analysis.forecast import VALIDATED, is_strong
+from factkeep.analysis.forecast import REPLAY_VALIDATED, VALIDATED, is_strong
 from factkeep.analysis.overlap import FEATURE_NAMES
 from factkeep.analysis.regression import INTERCEPT
 from factkeep.analysis.representations import hidden_states
@@ -311,9 +311,17 @@ def recommendation(
             f"{advice}. This ranking is a weak forecast of which facts ({strength['reason']}), so "
             "the audit names none; `score=trial` is the validated forecast."
         )
+    evidence = "; ".join(
+        f"{r['setting']}: {100 * r['forecast']:.1f}% of the facts to keep right after "
+        f"fine-tuning, against {100 * r['random']:.1f}% with random replay and "
+        f"{100 * r['sft']:.1f}% with none"
+        for r in REPLAY_VALIDATED
+    )
     return (
-        f"{advice}, or replay the {n_at_risk} facts most at risk (at_risk.jsonl) while "
-        f"fine-tuning (`--config forecast_replay replay.pool=[{known}] replay.forecast={out}`)."
+        f"{advice}. To protect these facts in particular, replay the {n_at_risk} most at risk "
+        f"(at_risk.jsonl) while fine-tuning: `--config forecast_replay replay.pool=[{known}] "
+        f"replay.forecast={out}` with the planned run's data and options ({evidence}); it "
+        "protects the facts it replays, the others no better than random replay does."
     )
 
 
