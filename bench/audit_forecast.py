@@ -7,8 +7,9 @@ Reproduces the validation table of docs/audit.md from the commands a user runs:
    ``--seeds 0,1,2`` the other seeds are trained first with ``factkeep train``, the demo's SFT
    config and ``seed=N``), and for each score (``trial``, ``confidence``, ``keys``), it runs::
 
-       factkeep audit model=<the run's model> splits=<demo>/split train=[d_known,d_unknown] \\
-           known=d_held score=<score> optim.*=<the run's> validate=<the run> reuse_categories=true
+       factkeep audit model=<the run's model> plan=<the run> splits=<demo>/split \\
+           train=[d_known,d_unknown] known=d_held score=<score> validate=<the run> \\
+           reuse_categories=true
 
    and prints each score's AUC against "forgotten by that run", its top-decile forgetting rate over
    the base rate, and its cost over the run's (from the run's ``cost_seconds``). ``--reference
@@ -82,17 +83,13 @@ def _sft_runs(demo: Path, seeds: list[int], bench: Path) -> dict[int, Path]:
 
 
 def _plan_options(run: Path) -> list[str]:
-    """The audit options that describe the run's fine-tune (its optimiser and template)."""
+    """The audit options that describe the run's fine-tune: its model, and ``plan=`` the run
+    (its optimiser options and template)."""
     cfg = _run_config(run)
-    optim = cfg["optim"]
-    keys = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "grad_clip")
-    options = [f"optim.{k}={optim[k]}" for k in keys]
-    options.append(f"optim.mixed_precision={optim['mixed_precision']}")
-    options.append(f"template={json.dumps(cfg['data']['template'])}")
-    model = [f"model={cfg['model']}"]
+    model = [f"model={cfg['model']}", f"plan={run}"]
     if cfg.get("gguf_file"):
         model.append(f"gguf_file={cfg['gguf_file']}")
-    return model + options
+    return model
 
 
 def _audit(out: Path, run: Path, splits: Path, *args: str) -> dict[str, Any]:

@@ -185,6 +185,36 @@ def test_audit_trial_forecast_and_its_validation(files, tmp_path, capsys) -> Non
     capsys.readouterr()
 
 
+def test_plan_reads_the_planned_runs_options(files, tmp_path, capsys) -> None:
+    plan = tmp_path / "plan.yaml"  # the options of the test above, as a train config
+    plan.write_text("method: sft\noptim: {epochs: 4, lr: 0.001, batch_size: 8}\n")
+    out = tmp_path / "plan"
+    assert _audit(files, out, "reuse_categories=true", f"plan={plan}", train="train_unknown") == 0
+    scoring = json.loads((out / "audit.json").read_text())["scoring"]
+    assert scoring["planned_steps"] == 20 and scoring["trial_lr"] == pytest.approx(2e-3)
+    # a run folder: its config.yaml (here the defaults: 20 epochs of 2 batches, lr 1e-4)
+    run = _fake_run(tmp_path / "run", set(), ["x"])
+    out = tmp_path / "plan-run"
+    assert _audit(files, out, "reuse_categories=true", f"plan={run}", train="train_unknown") == 0
+    scoring = json.loads((out / "audit.json").read_text())["scoring"]
+    assert scoring["planned_steps"] == 40 and scoring["trial_lr"] == pytest.approx(2e-4)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["plan=sft", "optim.lr=0.1"], "give them in one place"),
+        (["plan=no_such_plan"], "neither a run folder"),
+        (["plan=."], "not a run folder"),
+    ],
+)
+def test_bad_plan_exits_2_and_writes_nothing(files, tmp_path, capsys, extra, message) -> None:
+    out = tmp_path / "bad-plan"
+    assert _audit(files, out, "reuse_categories=true", *extra) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
 def test_audit_confidence_score(files, tmp_path) -> None:
     out = tmp_path / "conf"
     assert _audit(files, out, "score=confidence", "reuse_categories=true", train="plain") == 0

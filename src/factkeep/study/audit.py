@@ -7,6 +7,9 @@ share, and forecasts which of the facts to keep (``known=``) the fine-tune will 
     factkeep audit model=runs/demo/world/model splits=runs/demo/split \
         train=[d_known,d_unknown] known=d_held optim.epochs=8 optim.lr=3e-4 out=runs/audit
 
+The planned fine-tune's options are ``optim.*`` and ``template=``, as ``factkeep train`` takes
+them, or ``plan=`` (a run folder, a train config YAML or a shipped config name) to read them from.
+
 Scoring (``score=``, docs/audit.md):
 
 - ``trial`` (default): run the first ``trial.fraction`` of the planned SFT run's steps (its
@@ -67,7 +70,8 @@ from factkeep.analysis.audit import (
 )
 from factkeep.analysis.forecast import forgotten_in_run, trial_forecast, validation
 from factkeep.analysis.overlap import answer_log_probs, overlap_features
-from factkeep.config import ConfigError, help_field, nested
+from factkeep.config import ConfigError, help_field, load_saved_config, nested
+from factkeep.configs import resolve_config_path
 from factkeep.data.fact_sets import load_fact_set
 from factkeep.data.facts import CATEGORIES, UNKNOWN, Fact, check_unique_ids, write_facts
 from factkeep.data.prompts import DEFAULT_TEMPLATE
@@ -81,7 +85,7 @@ from factkeep.rundir import (
     write_run_metadata,
 )
 from factkeep.study.probe import ProbeOptions, category_counts, resolve_protocol
-from factkeep.training.config import OptimConfig
+from factkeep.training.config import OptimConfig, TrainCommandConfig
 from factkeep.training.run_folder import RunFolder
 from factkeep.training.trial import TrialRecipe, autocast_dtype, planned_steps
 
@@ -127,6 +131,12 @@ class AuditCommandConfig(ModelOptions):
         "trial",
         "How known facts are ranked: a trial fine-tune (the validated forecast), the answer "
         "confidence before training, or the key-overlap measures (see docs/audit.md).",
+    )
+    plan: str = help_field(
+        "",
+        "The planned fine-tune as 'factkeep train' takes it: a run folder (its config.yaml), a "
+        "train config YAML or a shipped config name (sft, ...). Its optim.* and data.template "
+        "replace those options here (set one or the other).",
     )
     optim: OptimConfig = nested(
         OptimConfig,
@@ -600,8 +610,30 @@ def _write_outputs(
     )
 
 
+def _apply_plan(cfg: AuditCommandConfig) -> AuditCommandConfig:
+    """``cfg`` with ``plan=``'s optimiser options and prompt template (``cfg`` without it)."""
+    if not cfg.plan:
+        return cfg
+    if cfg.optim != OptimConfig() or cfg.template != DEFAULT_TEMPLATE:
+        raise ConfigError("plan= sets optim.* and template=: give them in one place, not both")
+    path = Path(cfg.plan)
+    if path.is_dir():
+        path = RunFolder(path).config_path
+        if not path.is_file():
+            raise ConfigError(f"plan: {cfg.plan} is not a run folder (no config.yaml)")
+    else:
+        path = Path(resolve_config_path(cfg.plan))
+        if not path.is_file():
+            raise ConfigError(
+                f"plan: {cfg.plan} is neither a run folder, a YAML file nor a shipped config"
+            )
+    planned = load_saved_config(TrainCommandConfig, path)
+    return dataclasses.replace(cfg, optim=planned.optim, template=planned.data.template)
+
+
 def run_audit(cfg: AuditCommandConfig) -> int:
     """Run ``factkeep audit``: returns the exit code."""
+    cfg = _apply_plan(cfg)
     inp = _inputs(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
