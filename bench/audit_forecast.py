@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from factkeep.training.run_folder import RunFolder
+
 SCORES = ("trial", "confidence", "keys")
 
 
@@ -146,9 +148,9 @@ def validate(demo: Path, seeds: list[int], reference: str, bench: Path) -> None:
 
 def _final_held(run: Path) -> dict[str, bool]:
     """Whether each D_held fact is answered right at the run's last evaluation."""
-    last = sorted((run / "samples").glob("step-*.jsonl"))[-1]
-    rows = [json.loads(line) for line in last.read_text(encoding="utf-8").splitlines()]
-    return {r["id"]: r["correct"] for r in rows if r["split"] == "d_held"}
+    folder = RunFolder(run)
+    rows = folder.samples(folder.sample_steps[-1])
+    return {r.id: r.correct for r in rows if r.split == "d_held"}
 
 
 def _outside(run: Path, sft: Path) -> tuple[float, float, int] | None:

@@ -158,7 +158,7 @@ def answer_log_probs(
     model.eval()
     device = next(model.parameters()).device
     examples = [encode_fact(tokenizer, fact, template) for fact in facts]
-    collate = QACollator(int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0))
+    collate = QACollator.for_tokenizer(tokenizer)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     out = [0.0] * len(examples)
     for start in range(0, len(order), batch_size):

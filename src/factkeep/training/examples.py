@@ -144,6 +144,12 @@ class QACollator:
 
     pad_token_id: int
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any) -> QACollator:
+        """A collator padding with ``tokenizer``'s pad token (id 0 if it has none)."""
+        pad = tokenizer.pad_token_id
+        return cls(int(pad if pad is not None else 0))
+
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Stack ``examples`` (dicts with ``input_ids`` and ``labels``) into padded tensors."""
         width = max(len(e["input_ids"]) for e in examples)

@@ -22,7 +22,6 @@ learning rate. Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -83,13 +82,6 @@ def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
 
-def _autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
-    dtype = autocast_dtype(mixed_precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def trial_fine_tune(
     model: Any, tokenizer: Any, facts: Sequence[Fact], recipe: TrialRecipe
 ) -> list[float]:
@@ -105,18 +97,19 @@ def trial_fine_tune(
         raise ValueError("a trial needs training facts")
     device = next(model.parameters()).device
     data = QADataset.from_facts(tokenizer, facts, recipe.template)
-    collate = QACollator(int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0))
+    collate = QACollator.for_tokenizer(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.mixed_precision == "fp16")
     batches = _batches(len(data), recipe.batch_size, recipe.seed)
+    dtype = autocast_dtype(recipe.mixed_precision)
     losses: list[float] = []
     model.train()
     for _ in range(recipe.steps):
         total = 0.0
         for _ in range(recipe.grad_accum):
             batch = collate([data[i] for i in next(batches)])
-            with _autocast(device, recipe.mixed_precision):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),
